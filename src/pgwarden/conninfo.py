@@ -1,0 +1,235 @@
+"""Where to connect, and how to print it without the password.
+
+Resolution order (the first that is set wins):
+
+1. the DSN given explicitly (``--dsn``; a ``postgresql://`` URL or ``key=value`` conninfo);
+2. ``$DATABASE_URL`` (the Heroku / twelve-factor convention);
+3. libpq's own environment (``PGHOST``, ``PGPORT``, ``PGUSER``, ``PGDATABASE``, ``PGPASSWORD``,
+   ``PGSERVICE``, ``~/.pgpass``) and defaults (the local Unix socket), exactly as ``psql`` does.
+
+All parsing is psycopg's (``psycopg.conninfo``), i.e. libpq's; SQLAlchemy-style URLs
+(``postgresql+psycopg://``, ``postgres+asyncpg://``) are accepted and normalised.
+
+Every connection pgwarden opens for itself carries ``application_name=pgwarden-<command>``
+(so it can exclude itself from what it reports and kills) and a ``connect_timeout``
+(default 5 s, libpq's own default is to wait forever).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import pq
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from .errors import ConfigError
+
+__all__ = [
+    "DEFAULT_CONNECT_TIMEOUT",
+    "ENV_DSN",
+    "Target",
+    "redact",
+    "resolve",
+]
+
+#: Seconds pgwarden waits for a connection by default (libpq waits forever: connect_timeout=0).
+DEFAULT_CONNECT_TIMEOUT = 5.0
+#: Environment variable read when no DSN is given.
+ENV_DSN = "DATABASE_URL"
+
+_MASK = "***"
+_URL_RE = re.compile(r"^(postgres(?:ql)?)(\+[a-z0-9_]+)?://", re.IGNORECASE)
+_URL_USERINFO_RE = re.compile(r"(://[^/@:?#]*:)([^@/?#]*)(@)")
+_KV_PASSWORD_RE = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+_QUERY_PASSWORD_RE = re.compile(r"([?&]password=)([^&#]*)", re.IGNORECASE)
+
+
+def _is_url(dsn: str) -> bool:
+    return bool(_URL_RE.match(dsn.strip()))
+
+
+def _normalise(dsn: str) -> str:
+    """Drop a SQLAlchemy driver suffix (``postgresql+psycopg://`` -> ``postgresql://``)."""
+    dsn = dsn.strip()
+    m = _URL_RE.match(dsn)
+    if m and m.group(2):
+        return "postgresql://" + dsn[m.end():]
+    return dsn
+
+
+def _regex_redact(text: str) -> str:
+    text = _URL_USERINFO_RE.sub(lambda m: m.group(1) + _MASK + m.group(3), text)
+    text = _KV_PASSWORD_RE.sub(lambda m: m.group(1) + _MASK, text)
+    return _QUERY_PASSWORD_RE.sub(lambda m: m.group(1) + _MASK, text)
+
+
+def redact(dsn: str) -> str:
+    """Return ``dsn`` with any password replaced by ``***``, in the same form (URL or key=value).
+
+    Never raises: a DSN that does not parse is masked by pattern instead.
+
+    >>> redact("postgresql://app:s3cret@db:5432/shop")
+    'postgresql://app:***@db:5432/shop'
+    >>> redact("host=db password=s3cret")
+    "host=db password=***"
+    """
+    if not dsn:
+        return dsn
+    if _is_url(dsn):
+        return _regex_redact(dsn)
+    try:
+        params = conninfo_to_dict(dsn)
+    except Exception:
+        return _regex_redact(dsn)
+    if "password" in params:
+        params["password"] = _MASK
+    return make_conninfo("", **params)
+
+
+def _has_password(dsn: str) -> bool:
+    return redact(dsn) != dsn or "password" in dsn.lower()
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A resolved connection target.
+
+    Attributes:
+        conninfo: the conninfo string to pass to psycopg (contains the password if any:
+            never print it; print :attr:`redacted`).
+        redacted: the same without the password, for messages and logs.
+        source: where it came from: ``"--dsn"``, ``"DATABASE_URL"`` or ``"libpq environment"``.
+        host: the effective host (``None`` for libpq's default Unix socket).
+        port: the effective port.
+        dbname: the effective database name.
+        user: the effective user name.
+        connect_timeout: seconds libpq waits per host.
+    """
+
+    conninfo: str
+    redacted: str
+    source: str
+    host: str | None
+    port: int
+    dbname: str
+    user: str
+    connect_timeout: float
+
+    @property
+    def where(self) -> str:
+        """``user@host:port/dbname`` (no password), for one-line messages."""
+        host = self.host or "local socket"
+        return f"{self.user}@{host}:{self.port}/{self.dbname}"
+
+    def with_params(self, **params: Any) -> Target:
+        """A copy with conninfo parameters changed (e.g. ``user=...``)."""
+        conninfo = make_conninfo(self.conninfo, **params)
+        return _build(conninfo, self.source)
+
+
+def _libpq_defaults() -> dict[str, str]:
+    """libpq's defaults including the PG* environment (``PQconndefaults``)."""
+    out: dict[str, str] = {}
+    for opt in pq.Conninfo.get_defaults():
+        if opt.val is not None:
+            out[opt.keyword.decode()] = opt.val.decode()
+    return out
+
+
+def _build(conninfo: str, source: str) -> Target:
+    params = conninfo_to_dict(conninfo)
+    defaults = _libpq_defaults()
+
+    def eff(key: str, fallback: str = "") -> str:
+        value = params.get(key)
+        if value is None or value == "":
+            value = defaults.get(key, fallback)
+        return str(value)
+
+    host = eff("host") or eff("hostaddr") or None
+    port_text = eff("port", "5432").split(",")[0] or "5432"
+    try:
+        port = int(port_text)
+    except ValueError as exc:
+        raise ConfigError(
+            f"malformed DSN (from {source}): port {port_text!r} is not a number"
+        ) from exc
+    user = eff("user")
+    dbname = eff("dbname") or user
+    try:
+        timeout = float(eff("connect_timeout", "0") or 0)
+    except ValueError:
+        timeout = 0.0
+    return Target(
+        conninfo=conninfo,
+        redacted=redact(conninfo),
+        source=source,
+        host=host,
+        port=port,
+        dbname=dbname,
+        user=user,
+        connect_timeout=timeout,
+    )
+
+
+def resolve(
+    dsn: str | None = None,
+    *,
+    command: str | None = None,
+    connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+    environ: Mapping[str, str] | None = None,
+    **params: Any,
+) -> Target:
+    """Resolve where to connect: ``dsn`` > ``$DATABASE_URL`` > libpq's environment and defaults.
+
+    Args:
+        dsn: a ``postgresql://`` URL or ``key=value`` conninfo; ``None`` or ``""`` to fall through.
+        command: when given, ``application_name`` is forced to ``pgwarden-<command>``.
+        connect_timeout: seconds (float, rounded up to whole seconds for libpq); applied when the
+            DSN sets none. ``None`` leaves libpq's default (wait forever).
+        environ: environment to read ``DATABASE_URL`` from (default ``os.environ``).
+        params: further conninfo parameters that override the DSN's.
+
+    Returns:
+        A :class:`Target`.
+
+    Raises:
+        ConfigError: the DSN does not parse; the message is redacted and says what form is expected.
+    """
+    import os  # noqa: PLC0415
+
+    env = os.environ if environ is None else environ
+    if dsn:
+        source, raw = "--dsn", dsn
+    elif env.get(ENV_DSN):
+        source, raw = ENV_DSN, env[ENV_DSN]
+    else:
+        source, raw = "libpq environment", ""
+    raw = _normalise(raw)
+    try:
+        given = conninfo_to_dict(raw)
+    except psycopg.Error as exc:
+        detail = str(exc).strip()
+        if _has_password(raw):
+            detail = re.sub(r'"[^"]*"', '"…"', detail)
+        raise ConfigError(
+            f"malformed DSN (from {source}): {detail}; expected a URL like "
+            "postgresql://user@host:5432/dbname or key=value pairs like "
+            "'host=db port=5432 dbname=app user=app'"
+        ) from None
+    extra: dict[str, Any] = dict(params)
+    if command:
+        extra["application_name"] = f"pgwarden-{command}"
+    if connect_timeout is not None and not given.get("connect_timeout"):
+        if connect_timeout <= 0:
+            raise ConfigError("connect_timeout must be > 0 seconds")
+        # libpq takes whole seconds and treats 1 as 2: round up, minimum 2.
+        extra["connect_timeout"] = max(2, math.ceil(connect_timeout))
+    conninfo = make_conninfo(raw, **extra)
+    return _build(conninfo, source)

@@ -1,0 +1,101 @@
+"""pgwarden's one error tree.
+
+::
+
+    PgwardenError
+    ├── ConfigError (also ValueError)        bad DSN, option or config file     CLI exit 64
+    ├── EmbeddedError                         the throwaway cluster failed
+    ├── ConnectError (also psycopg.OperationalError)  could not connect          CLI exit 3
+    │   └── ServerFullError                   SQLSTATE 53300, too many clients
+    ├── PermissionMissing                     the role lacks a needed privilege
+    └── PoolError (also psycopg.OperationalError)
+        ├── PoolTimeout                       no connection within ``timeout``
+        ├── PoolClosed                        the pool is closed
+        └── TooManyRequests                   more than ``max_waiting`` callers waiting
+
+Errors that stand for a database condition subclass ``psycopg.OperationalError``, as
+psycopg_pool's do, so ``except psycopg.OperationalError`` keeps working for callers.
+"""
+
+from __future__ import annotations
+
+import psycopg
+
+__all__ = [
+    "ConfigError",
+    "ConnectError",
+    "EmbeddedError",
+    "PermissionMissing",
+    "PgwardenError",
+    "PoolClosed",
+    "PoolError",
+    "PoolTimeout",
+    "ServerFullError",
+    "TooManyRequests",
+]
+
+
+class PgwardenError(Exception):
+    """Base of every error pgwarden raises."""
+
+
+class ConfigError(PgwardenError, ValueError):
+    """Invalid input: a malformed DSN, an option out of range, a bad config file key.
+
+    The message names the input (file, key, option) and what is allowed.
+    """
+
+
+class EmbeddedError(PgwardenError):
+    """The embedded PostgreSQL cluster could not be set up, started or stopped."""
+
+
+class ConnectError(PgwardenError, psycopg.OperationalError):
+    """pgwarden could not connect.
+
+    Attributes:
+        target: the redacted DSN it tried (never contains a password).
+        diagnosis_id: id of the matching :mod:`pgwarden.diagnose` entry, or ``None``.
+        sqlstate: the SQLSTATE where the server sent one (or it is known from the message).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        target: str = "",
+        diagnosis_id: str | None = None,
+        sqlstate: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.target = target
+        self.diagnosis_id = diagnosis_id
+        self._sqlstate = sqlstate
+
+    @property
+    def sqlstate(self) -> str | None:  # type: ignore[override]
+        return self._sqlstate
+
+
+class ServerFullError(ConnectError):
+    """The server refused the connection with SQLSTATE 53300 (too many clients already)."""
+
+
+class PermissionMissing(PgwardenError):
+    """The connected role lacks a privilege the operation needs (the message names it)."""
+
+
+class PoolError(PgwardenError, psycopg.OperationalError):
+    """Base of the pool's errors (psycopg_pool's ``PoolTimeout`` etc. are OperationalErrors)."""
+
+
+class PoolTimeout(PoolError):
+    """No connection could be checked out within ``timeout`` seconds."""
+
+
+class PoolClosed(PoolError):
+    """The pool is closed (or was never opened)."""
+
+
+class TooManyRequests(PoolError):
+    """More than ``max_waiting`` callers are already waiting for a connection."""

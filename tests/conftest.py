@@ -1,0 +1,107 @@
+"""Shared fixtures: real PostgreSQL clusters (no mocks).
+
+- ``pg``: one embedded cluster for the whole run (max_connections=60). Tests that change server
+  state in ways others would notice (restart, fill it up) take their own with ``make_cluster``.
+- ``make_cluster(**settings)``: a fresh cluster, closed at the end of the test.
+- ``sessions``: opens real client sessions with a given application_name and state, closed at the
+  end of the test.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from pgwarden.embedded import EmbeddedPostgres
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[EmbeddedPostgres]:
+    cluster = EmbeddedPostgres(max_connections=60)
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def make_cluster() -> Iterator[Callable[..., EmbeddedPostgres]]:
+    made: list[EmbeddedPostgres] = []
+
+    def make(**kwargs: Any) -> EmbeddedPostgres:
+        cluster = EmbeddedPostgres(**kwargs)
+        made.append(cluster)
+        return cluster
+
+    yield make
+    for cluster in made:
+        cluster.close()
+
+
+class Sessions:
+    """Real client sessions in chosen states, for provoking findings and guard rules."""
+
+    def __init__(self) -> None:
+        self.conns: list[psycopg.Connection[Any]] = []
+        self.threads: list[threading.Thread] = []
+
+    def open(
+        self,
+        cluster: EmbeddedPostgres,
+        n: int = 1,
+        *,
+        application_name: str = "app",
+        state: str = "idle",
+        **params: Any,
+    ) -> list[psycopg.Connection[Any]]:
+        """Open ``n`` sessions; ``state`` is ``idle``, ``idle in transaction`` or ``active``
+        (an ``active`` session runs ``pg_sleep(600)`` in a thread until the test ends)."""
+        out = []
+        for _ in range(n):
+            conn = psycopg.connect(
+                cluster.conninfo(application_name=application_name, **params), autocommit=True
+            )
+            self.conns.append(conn)
+            if state == "idle in transaction":
+                conn.execute("begin")
+                conn.execute("select txid_current()")
+            elif state == "active":
+                t = threading.Thread(target=self._sleep, args=(conn,), daemon=True)
+                t.start()
+                self.threads.append(t)
+            out.append(conn)
+        return out
+
+    @staticmethod
+    def _sleep(conn: psycopg.Connection[Any]) -> None:
+        try:
+            conn.execute("select pg_sleep(600)")
+        except psycopg.Error:
+            pass
+
+    def pids(self, conns: list[psycopg.Connection[Any]]) -> list[int]:
+        return [c.info.backend_pid for c in conns]
+
+    def close(self) -> None:
+        for conn in self.conns:
+            try:
+                conn.cancel_safe(timeout=2)
+            except Exception:
+                pass
+            try:
+                conn.close()
+            except Exception:
+                pass
+        for t in self.threads:
+            t.join(timeout=5)
+
+
+@pytest.fixture
+def sessions() -> Iterator[Sessions]:
+    s = Sessions()
+    yield s
+    s.close()
