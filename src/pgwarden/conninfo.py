@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import re
-import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -34,8 +33,10 @@ __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
     "ENV_DSN",
     "Target",
+    "connect",
     "redact",
     "resolve",
+    "server_message",
 ]
 
 #: Seconds pgwarden waits for a connection by default (libpq waits forever: connect_timeout=0).
@@ -202,7 +203,7 @@ def resolve(
     Raises:
         ConfigError: the DSN does not parse; the message is redacted and says what form is expected.
     """
-    import os  # noqa: PLC0415
+    import os
 
     env = os.environ if environ is None else environ
     if dsn:
@@ -233,3 +234,49 @@ def resolve(
         extra["connect_timeout"] = max(2, math.ceil(connect_timeout))
     conninfo = make_conninfo(raw, **extra)
     return _build(conninfo, source)
+
+
+_LIBPQ_PREFIX_RE = re.compile(
+    r"^(?:connection failed:\s*)?(?:connection to server (?:at|on) .*? failed:\s*)?", re.IGNORECASE
+)
+
+
+def server_message(exc: BaseException) -> str:
+    """The meaningful line of a libpq connection error, e.g.
+    ``FATAL: password authentication failed for user "app"`` (never contains a password:
+    libpq does not echo it; the exception's ``repr`` can, so only ``str`` is used)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    line = _LIBPQ_PREFIX_RE.sub("", lines[-1])
+    return re.sub(r"\s+", " ", line) or lines[-1]
+
+
+def connect(target: Target, *, autocommit: bool = True) -> psycopg.Connection[Any]:
+    """Open pgwarden's own connection to ``target``.
+
+    Raises:
+        ServerFullError: the server answered SQLSTATE 53300 (too many clients).
+        ConnectError: any other failure; the message says where (redacted), what the server
+            or libpq said, and what it means (from :mod:`pgwarden.diagnose`).
+    """
+    from .diagnose import diagnose
+    from .errors import ConnectError, ServerFullError
+
+    try:
+        return psycopg.connect(target.conninfo, autocommit=autocommit)
+    except psycopg.OperationalError as exc:
+        said = server_message(exc)
+        found = diagnose(said)
+        meaning = f" ({found.title})" if found else ""
+        message = f"cannot connect to {target.where}: {said}{meaning}"
+        if found is not None and found.id == "too_many_clients":
+            raise ServerFullError(
+                message, target=target.redacted, diagnosis_id=found.id, sqlstate="53300"
+            ) from None
+        raise ConnectError(
+            message,
+            target=target.redacted,
+            diagnosis_id=found.id if found else None,
+            sqlstate=(found.sqlstates[0] if found and found.sqlstates else None),
+        ) from None

@@ -103,7 +103,7 @@ def find_bin_dir() -> Path:
     if initdb and (Path(initdb).parent / "postgres").exists():
         return Path(initdb).parent
     try:
-        import pgserver  # noqa: PLC0415
+        import pgserver
 
         wheel_bin = Path(pgserver.__file__).parent / "pginstall" / "bin"
         if (wheel_bin / "postgres").exists():
@@ -182,13 +182,11 @@ def _usable_bin_dir(bin_dir: Path, run_as: _RunAs) -> Path:
     if not (target / "bin" / "postgres").exists():
         tmp = Path(tempfile.mkdtemp(prefix="pgwarden-pginstall-"))
         shutil.copytree(install, tmp / "i", symlinks=True)
-        os.chmod(tmp, 0o755)
-        try:
+        os.chmod(tmp, 0o755)  # noqa: S103 - the server user must read PostgreSQL's binaries
+        with contextlib.suppress(OSError):  # another process copied it first
             os.rename(tmp / "i", target)
-        except OSError:
-            pass  # another process copied it first
         shutil.rmtree(tmp, ignore_errors=True)
-        os.chmod(target, 0o755)
+        os.chmod(target, 0o755)  # noqa: S103
     return target / "bin"
 
 
@@ -378,7 +376,7 @@ class EmbeddedPostgres:
         self._running = True
 
     def stop(self, mode: str = "fast") -> None:
-        """Stop the server (``mode``: ``smart``, ``fast`` or ``immediate``, as ``pg_ctl stop -m``)."""
+        """Stop the server; ``mode`` is ``smart``, ``fast`` or ``immediate`` (``pg_ctl -m``)."""
         if not self._running:
             return
         self._run(

@@ -3,7 +3,8 @@
 ::
 
     PgwardenError
-    ├── ConfigError (also ValueError)        bad DSN, option or config file     CLI exit 64
+    ├── ConfigError (also ValueError)        bad DSN or option                  CLI exit 64
+    │   └── ConfigFileError                   bad config file (names file, key)  CLI exit 78
     ├── EmbeddedError                         the throwaway cluster failed
     ├── ConnectError (also psycopg.OperationalError)  could not connect          CLI exit 3
     │   └── ServerFullError                   SQLSTATE 53300, too many clients
@@ -23,6 +24,7 @@ import psycopg
 
 __all__ = [
     "ConfigError",
+    "ConfigFileError",
     "ConnectError",
     "EmbeddedError",
     "PermissionMissing",
@@ -44,6 +46,20 @@ class ConfigError(PgwardenError, ValueError):
 
     The message names the input (file, key, option) and what is allowed.
     """
+
+
+class ConfigFileError(ConfigError):
+    """A configuration file is unreadable, not valid TOML, or has a bad key or value.
+
+    Attributes:
+        path: the file.
+        key: the dotted key at fault (``rules.idle.max_idle``), or ``None`` for the whole file.
+    """
+
+    def __init__(self, message: str, *, path: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.key = key
 
 
 class EmbeddedError(PgwardenError):

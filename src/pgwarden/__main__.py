@@ -1,0 +1,5 @@
+"""``python -m pgwarden``."""
+
+from pgwarden.cli import main
+
+main()

@@ -1,0 +1,12 @@
+"""The server side's one look at PostgreSQL: sessions, settings, headroom.
+
+``take(conn)`` returns a :class:`Snapshot`; the doctor's rules, the guard's policy and the status
+view are pure functions of it.
+"""
+
+from __future__ import annotations
+
+from .records import Server, Session, Settings, Snapshot
+from .snapshot import read_server, read_settings, take
+
+__all__ = ["Server", "Session", "Settings", "Snapshot", "read_server", "read_settings", "take"]
