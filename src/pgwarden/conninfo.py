@@ -245,11 +245,9 @@ def server_message(exc: BaseException) -> str:
     """The meaningful line of a libpq connection error, e.g.
     ``FATAL: password authentication failed for user "app"`` (never contains a password:
     libpq does not echo it; the exception's ``repr`` can, so only ``str`` is used)."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    if not lines:
-        return type(exc).__name__
-    line = _LIBPQ_PREFIX_RE.sub("", lines[-1])
-    return re.sub(r"\s+", " ", line) or lines[-1]
+    lines = [_LIBPQ_PREFIX_RE.sub("", ln.strip()) for ln in str(exc).splitlines()]
+    text = re.sub(r"\s+", " ", " ".join(ln for ln in lines if ln)).strip()
+    return text or type(exc).__name__
 
 
 def connect(target: Target, *, autocommit: bool = True) -> psycopg.Connection[Any]:

@@ -83,10 +83,10 @@ class ConnectError(PgwardenError, psycopg.OperationalError):
         diagnosis_id: str | None = None,
         sqlstate: str | None = None,
     ) -> None:
+        self._sqlstate = sqlstate  # before psycopg.Error.__init__, which reads .sqlstate
         super().__init__(message)
         self.target = target
         self.diagnosis_id = diagnosis_id
-        self._sqlstate = sqlstate
 
     @property
     def sqlstate(self) -> str | None:  # type: ignore[override]

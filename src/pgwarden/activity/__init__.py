@@ -7,6 +7,15 @@ view are pure functions of it.
 from __future__ import annotations
 
 from .records import Server, Session, Settings, Snapshot
-from .snapshot import read_server, read_settings, take
+from .snapshot import new_sessions, read_server, read_settings, take
 
-__all__ = ["Server", "Session", "Settings", "Snapshot", "read_server", "read_settings", "take"]
+__all__ = [
+    "Server",
+    "Session",
+    "Settings",
+    "Snapshot",
+    "new_sessions",
+    "read_server",
+    "read_settings",
+    "take",
+]

@@ -6,6 +6,7 @@ PostgreSQL 14+), all parameterised, in one read-only autocommit connection.
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from typing import Any
 
@@ -14,7 +15,7 @@ import psycopg
 from .queries import load
 from .records import Server, Session, Settings, Snapshot
 
-__all__ = ["SETTING_NAMES", "take"]
+__all__ = ["SETTING_NAMES", "new_sessions", "take"]
 
 #: Settings read into :class:`Settings`; those a server lacks keep their defaults.
 SETTING_NAMES = (
@@ -139,3 +140,13 @@ def take(conn: psycopg.Connection[Any], *, query_chars: int = 200) -> Snapshot:
         sessions_total=sessions_total,
         duration=time.perf_counter() - started,
     )
+
+
+def new_sessions(conn: psycopg.Connection[Any], since: dt.datetime) -> dict[int, str]:
+    """Client sessions started after ``since``: ``{backend pid: application_name}``.
+
+    Cheap enough to poll every few tens of milliseconds while sampling for churn: sessions of a
+    connection-per-request client live for milliseconds and a single snapshot misses them.
+    """
+    rows = conn.execute(_q("get_new_sessions", conn.info.server_version), {"since": since})
+    return {pid: app or "" for pid, app in rows.fetchall()}

@@ -1,0 +1,204 @@
+"""``pgwarden demo``: the failures pgwarden exists for, on a throwaway PostgreSQL, in a minute.
+
+On an embedded cluster with ``max_connections=20`` four simulated services run as the ordinary
+role ``app``:
+
+- ``api``: a healthy pool of 3 connections doing short queries;
+- ``worker``: leaks connections the way ``getconn()`` without ``putconn()`` on an error path does;
+- ``report-job``: opens a transaction, locks a row and goes idle; ``billing`` waits on that lock;
+- ``bot``: opens a new connection for every request.
+
+The server fills up and the bot gets ``FATAL: sorry, too many clients already``. The doctor,
+connecting through the superuser reserve, names each culprit with its fix; the guard then frees
+the slots by policy and the bot connects again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from typing import Any
+
+import click
+import psycopg
+from rich.console import Console
+from rich.markup import escape
+
+from . import activity
+from .conninfo import resolve, server_message
+from .doctor.report import render_report
+from .doctor.rules import Thresholds
+from .doctor.run import examine
+from .embedded import EmbeddedPostgres
+
+__all__ = ["Demo", "demo"]
+
+APP_PASSWORD = "demo-app-password"  # noqa: S105 - a throwaway loopback-only cluster
+
+
+class Demo:
+    """The demo's services on one embedded cluster. Use as a context manager."""
+
+    def __init__(self, console: Console, *, max_connections: int = 20) -> None:
+        self.console = console
+        self.pg = EmbeddedPostgres(max_connections=max_connections,
+                                   superuser_reserved_connections=3)
+        self.stop = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.conns: list[psycopg.Connection[Any]] = []
+        self.lock = threading.Lock()
+        self.bot_ok = 0
+        self.bot_refused = 0
+        self.first_refusal: str | None = None
+        self.pg.execute(f"create role app login password '{APP_PASSWORD}'")
+        self.pg.execute("create table orders (id int primary key, total numeric)")
+        self.pg.execute("insert into orders select g, g * 10 from generate_series(1, 100) g")
+        self.pg.execute("grant select, update on orders to app")
+
+    def conninfo(self, application_name: str) -> str:
+        return self.pg.conninfo(user="app", password=APP_PASSWORD,
+                                application_name=application_name)
+
+    def _connect(self, application_name: str) -> psycopg.Connection[Any]:
+        conn = psycopg.connect(self.conninfo(application_name), autocommit=True)
+        with self.lock:
+            self.conns.append(conn)
+        return conn
+
+    def _spawn(self, name: str, target: Any, *args: Any) -> None:
+        t = threading.Thread(target=target, args=args, name=name, daemon=True)
+        t.start()
+        self.threads.append(t)
+
+    def say(self, who: str, text: str, style: str = "") -> None:
+        self.console.print(f"[bold]{who:>11}[/] [{style or 'default'}]{escape(text)}[/]")
+
+    # -- the services -----------------------------------------------------------------------
+
+    def api(self) -> None:
+        pool = [self._connect("api") for _ in range(3)]
+        self.say("api", "pool of 3 connections, short queries: healthy", "green")
+        i = 0
+        while not self.stop.is_set():
+            with contextlib.suppress(psycopg.Error):
+                pool[i % 3].execute("select count(*) from orders").fetchone()
+            i += 1
+            self.stop.wait(0.05)
+
+    def worker(self, leaks: int) -> None:
+        leaked: list[psycopg.Connection[Any]] = []
+        for job in range(leaks):
+            conn = self._connect("worker")  # pool.getconn()
+            try:
+                conn.execute("select total from orders where id = %s", (job + 1,))
+                raise ValueError("payment provider timed out")
+                # pool.putconn(conn) never runs on this path
+            except ValueError:
+                leaked.append(conn)
+            self.stop.wait(0.15)
+        self.say("worker", f"leaked {leaks} connections: getconn() without putconn() when a job "
+                 "raised", "yellow")
+
+    def report_job(self) -> None:
+        conn = self._connect("report-job")
+        conn.execute("begin")
+        conn.execute("select * from orders where id = 1 for update")
+        self.say("report-job", "opened a transaction, locked order 1, went to fetch a report "
+                 "over HTTP (idle in transaction)", "yellow")
+        self.stop.wait(3600)
+
+    def billing(self) -> None:
+        conn = self._connect("billing")
+        self.say("billing", "UPDATE orders SET total = ... WHERE id = 1  (waits for the lock)",
+                 "yellow")
+        with contextlib.suppress(psycopg.Error):
+            conn.execute("update orders set total = total + 1 where id = 1")
+            self.say("billing", "lock released, update done", "green")
+
+    def bot(self) -> None:
+        while not self.stop.is_set():
+            try:
+                with psycopg.connect(self.conninfo("bot"), connect_timeout=3) as conn:
+                    conn.execute("select 1").fetchone()
+                with self.lock:
+                    self.bot_ok += 1
+            except psycopg.OperationalError as exc:
+                with self.lock:
+                    self.bot_refused += 1
+                    if self.first_refusal is None:
+                        self.first_refusal = server_message(exc)
+            self.stop.wait(0.02)
+
+    # -- the story --------------------------------------------------------------------------
+
+    def usage(self) -> str:
+        with psycopg.connect(self.pg.conninfo(application_name="pgwarden-demo"),
+                             autocommit=True) as conn:
+            snap = activity.take(conn)
+        return f"{snap.used_slots}/{snap.usable_slots} usable slots in use ({snap.usage:.0%})"
+
+    def run(self) -> int:
+        c = self.console
+        c.rule("[bold]pgwarden demo")
+        c.print(f"PostgreSQL on 127.0.0.1:{self.pg.port}, max_connections=20 "
+                "(17 usable by the app role, 3 reserved for superusers)\n")
+        self._spawn("api", self.api)
+        time.sleep(0.3)
+        self._spawn("report-job", self.report_job)
+        time.sleep(0.3)
+        self._spawn("billing", self.billing)
+        for i in range(3):
+            self._spawn(f"bot-{i}", self.bot)
+        self.say("bot", "3 threads, a new connection for every request", "yellow")
+        self._spawn("worker", self.worker, 10)
+        deadline = time.monotonic() + 15
+        while self.first_refusal is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        c.print()
+        if self.first_refusal:
+            self.say("bot", self.first_refusal, "bold red")
+        c.print(f"\n[bold]server:[/] {self.usage()}; bot requests ok {self.bot_ok}, "
+                f"refused {self.bot_refused}")
+        time.sleep(2.5)  # let the leaked and idle sessions age past the demo's thresholds
+
+        c.rule("[bold]pgwarden doctor  [dim](as superuser, through the reserved slots)")
+        target = resolve(self.pg.url, command="doctor")
+        thresholds = Thresholds(idle_after=2.0, idle_in_transaction_after=2.0,
+                                idle_hoarding_min_sessions=3, churn_min_young=2)
+        report = examine(target, thresholds=thresholds, sample=1.0)
+        render_report(c, report)
+        culprits = {a for f in report.findings
+                    if f.severity != "info" and f.id != "saturation" for a in f.applications}
+        c.print(f"\n[bold]doctor status {report.status}[/]; applications named: "
+                f"{', '.join(sorted(culprits))}")
+        return 0
+
+    def close(self) -> None:
+        self.stop.set()
+        with self.lock:
+            conns = list(self.conns)
+        for conn in conns:
+            with contextlib.suppress(Exception):
+                conn.close()
+        for t in self.threads:
+            t.join(timeout=5)
+        self.pg.close()
+
+    def __enter__(self) -> Demo:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@click.command()
+def demo() -> None:
+    """Show the failures pgwarden exists for on a throwaway PostgreSQL (about 20 s): a leaking
+    worker, an idle transaction holding a lock, a connection-per-request bot filling the
+    server; then the doctor naming each culprit and the guard freeing the slots."""
+    console = Console(highlight=False)
+    with console.status("starting a throwaway PostgreSQL ..."):
+        d = Demo(console)
+    with d:
+        d.run()

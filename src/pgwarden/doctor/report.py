@@ -1,0 +1,203 @@
+"""Reports: the status summary and the doctor's findings, as JSON-ready dicts and as text.
+
+``summary(snapshot)`` is shared by ``pgwarden status`` and the doctor's JSON ``summary`` key.
+Text goes through rich; JSON is plain ``json.dumps`` of the dicts documented in docs/cli.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from ..activity.records import IDLE, Session, Snapshot
+from .rules import Finding, status_of
+
+__all__ = ["Report", "render_report", "render_status", "server_info", "summary"]
+
+_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan", "ok": "green"}
+
+
+def _session_brief(s: Session) -> dict[str, Any]:
+    return {
+        "pid": s.pid,
+        "application": s.application,
+        "user": s.user,
+        "database": s.database,
+        "client_addr": s.client_addr,
+        "state": s.state,
+        "state_seconds": round(s.state_age, 1) if s.state_age is not None else None,
+        "transaction_seconds": round(s.xact_age, 1) if s.xact_age is not None else None,
+        "backend_seconds": round(s.backend_age, 1) if s.backend_age is not None else None,
+        "query": s.query,
+    }
+
+
+def server_info(snap: Snapshot) -> dict[str, Any]:
+    """Server facts for reports: version, role, privileges, settings that matter."""
+    s = snap.settings
+    return {
+        "version": snap.server.version,
+        "version_num": snap.server.version_num,
+        "role": snap.server.role,
+        "is_superuser": snap.server.is_superuser,
+        "sees_all_sessions": snap.server.sees_all_sessions,
+        "in_recovery": snap.server.in_recovery,
+        "max_connections": s.max_connections,
+        "superuser_reserved_connections": s.superuser_reserved_connections,
+        "reserved_connections": s.reserved_connections,
+        "idle_in_transaction_session_timeout": s.idle_in_transaction_session_timeout,
+        "idle_session_timeout": s.idle_session_timeout,
+        "snapshot_taken_at": snap.taken_at.isoformat(),
+        "snapshot_ms": round(snap.duration * 1000, 2),
+    }
+
+
+def summary(snap: Snapshot, *, oldest: int = 5) -> dict[str, Any]:
+    """Usage of usable slots, counts by state/application/user/database/client address and the
+    oldest idle and idle-in-transaction sessions (``oldest`` of each)."""
+    clients = snap.client_backends
+    idle = sorted((s for s in clients if s.state == IDLE), key=lambda s: -(s.state_age or 0))
+    in_tx = sorted((s for s in clients if s.in_transaction), key=lambda s: -(s.state_age or 0))
+    return {
+        "used_slots": snap.used_slots,
+        "usable_slots": snap.usable_slots,
+        "usage": round(snap.usage, 4),
+        "client_backends": len(clients),
+        "other_backends": len(snap.sessions) - len(clients),
+        "hidden_sessions": snap.hidden_sessions,
+        "by_state": dict(snap.count_by("state").most_common()),
+        "by_application": dict(snap.count_by("application").most_common()),
+        "by_user": dict(snap.count_by("user").most_common()),
+        "by_database": dict(snap.count_by("database").most_common()),
+        "by_client_addr": dict(snap.count_by("client_addr").most_common()),
+        "oldest_idle": [_session_brief(s) for s in idle[:oldest]],
+        "oldest_idle_in_transaction": [_session_brief(s) for s in in_tx[:oldest]],
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """What the doctor concluded. ``status`` is ``ok``, ``warning`` or ``critical``;
+    ``server`` and ``summary`` are empty when the doctor could not get in (server full)."""
+
+    findings: tuple[Finding, ...]
+    server: dict[str, Any] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+    target: str = ""
+
+    @property
+    def status(self) -> str:
+        return status_of(self.findings)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "target": self.target,
+            "server": self.server,
+            "summary": self.summary,
+            "findings": [f.as_dict() for f in self.findings],
+        }
+
+
+def _usage_line(summ: dict[str, Any]) -> Text:
+    usage = summ["usage"]
+    style = "bold red" if usage >= 0.95 else "yellow" if usage >= 0.8 else "green"
+    return Text.assemble(
+        "slots ",
+        (f"{summ['used_slots']}/{summ['usable_slots']} usable ({usage:.0%})", style),
+    )
+
+
+def _counts_table(title: str, counts: dict[str, int], limit: int = 8) -> Table:
+    table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
+    table.add_column(title.split()[-1], overflow="fold")
+    table.add_column("sessions", justify="right")
+    for key, n in list(counts.items())[:limit]:
+        table.add_row(escape(key), str(n))
+    if len(counts) > limit:
+        table.add_row(f"… {len(counts) - limit} more", str(sum(list(counts.values())[limit:])))
+    return table
+
+
+def _sessions_table(title: str, rows: Sequence[dict[str, Any]]) -> Table:
+    table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
+    for col in ("pid", "application", "user", "state for", "query"):
+        table.add_column(col, overflow="ellipsis", no_wrap=col == "query", max_width=50)
+    for r in rows:
+        table.add_row(
+            str(r["pid"]),
+            escape(r["application"] or "(none)"),
+            escape(r["user"] or "?"),
+            f"{r['state_seconds']:.0f} s" if r["state_seconds"] is not None else "?",
+            escape((r["query"] or "").replace("\n", " ")),
+        )
+    return table
+
+
+def render_status(console: Console, server: dict[str, Any], summ: dict[str, Any]) -> None:
+    """``pgwarden status`` as text: one screen."""
+    console.print(
+        Text.assemble(
+            ("PostgreSQL ", "bold"), server["version"].split()[0], "  ", _usage_line(summ),
+            f"  (max_connections {server['max_connections']}, reserved "
+            f"{server['superuser_reserved_connections'] + server['reserved_connections']})",
+        )
+    )
+    if summ["hidden_sessions"]:
+        console.print(
+            f"[yellow]{summ['hidden_sessions']} sessions hidden from role "
+            f"{escape(server['role'])} (needs pg_monitor)[/]"
+        )
+    from rich.columns import Columns
+
+    console.print(
+        Columns(
+            [
+                _counts_table("by state", summ["by_state"]),
+                _counts_table("by application", summ["by_application"]),
+                _counts_table("by user", summ["by_user"]),
+                _counts_table("by database", summ["by_database"]),
+                _counts_table("by client", summ["by_client_addr"]),
+            ],
+            padding=(1, 3),
+        )
+    )
+    if summ["oldest_idle_in_transaction"]:
+        console.print(_sessions_table("oldest idle in transaction",
+                                      summ["oldest_idle_in_transaction"]))
+    if summ["oldest_idle"]:
+        console.print(_sessions_table("oldest idle", summ["oldest_idle"]))
+
+
+def render_report(console: Console, report: Report) -> None:
+    """The doctor's findings as text, most severe first."""
+    status = report.status
+    head = Text.assemble(("pgwarden doctor ", "bold"), (status.upper(), _STYLE[status]))
+    if report.target:
+        head.append(f"  {report.target}")
+    if report.summary:
+        head.append("  ")
+        head.append_text(_usage_line(report.summary))
+    console.print(head)
+    if not report.findings:
+        console.print("[green]no findings[/]")
+    for f in report.findings:
+        console.print()
+        console.print(
+            Text.assemble(
+                (f"{f.severity.upper():8}", _STYLE[f.severity]), " ", (f.id, "bold"), "  ",
+                f.title,
+            )
+        )
+        if f.applications:
+            console.print(f"         applications: {escape(', '.join(f.applications[:8]))}")
+        if f.pids:
+            more = f" (+{len(f.pids) - 12} more)" if len(f.pids) > 12 else ""
+            console.print(f"         pids: {', '.join(map(str, f.pids[:12]))}{more}")
+        console.print(Text("         fix: ", style="bold").append(f.fix, style="default"))
