@@ -1,0 +1,912 @@
+"""The thread-based pool: :class:`ConnectionPool` (drop-in for ``psycopg_pool.ConnectionPool``)."""
+
+from __future__ import annotations
+
+import os
+import queue
+import select
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from contextlib import suppress
+from types import TracebackType
+from typing import Any, Generic, TypeVar, cast
+
+import psycopg
+from psycopg import Connection
+
+from ..errors import PoolClosed, PoolTimeout, TooManyRequests
+from . import _core
+from ._core import TS, WAIT_R, Core, ProbeFailed, Slot, logger
+from .holders import STACK_DEPTH, Holder, format_location, summarize
+
+__all__ = ["ConnectionPool"]
+
+CT = TypeVar("CT", bound="Connection[Any]")
+
+_monotonic = time.monotonic
+_getframe = sys._getframe
+#: incremented in every child after fork(); pools compare it instead of calling getpid()
+_fork_epoch = [0]
+_getpid = os.getpid
+_current_thread = threading.current_thread
+
+_live_pools: weakref.WeakSet[ConnectionPool[Any]] = weakref.WeakSet()
+
+
+class _Waiter:
+    __slots__ = ("conn", "error", "lock", "name", "since", "slot", "stack")
+
+    def __init__(self, name: str, stack: Any, since: float) -> None:
+        self.lock = threading.Lock()
+        self.lock.acquire()
+        self.slot: Slot | None = None
+        self.conn: Any = None
+        self.error: BaseException | None = None
+        self.name = name
+        self.stack = stack
+        self.since = since
+
+
+class _ConnectionCM(Generic[CT]):
+    """``with pool.connection() as conn``: psycopg's connection-block rules (commit on success,
+    roll back on error), then return to the pool."""
+
+    __slots__ = ("conn", "pool", "timeout")
+
+    def __init__(self, pool: ConnectionPool[CT], timeout: float | None) -> None:
+        self.pool = pool
+        self.timeout = timeout
+
+    def __enter__(self) -> CT:
+        self.conn = self.pool._getconn(self.timeout)
+        return self.conn
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        conn = self.conn
+        try:
+            status = conn.pgconn.transaction_status
+            if status != TS.IDLE and not conn.closed:
+                if et is None and status == TS.INTRANS:
+                    conn.commit()
+                elif status in (TS.INTRANS, TS.INERROR):
+                    try:
+                        conn.rollback()
+                    except Exception as exc:
+                        logger.warning("error ignored in rollback on %s: %s", conn, exc)
+        finally:
+            self.pool.putconn(conn)
+
+
+class _TransactionCM(Generic[CT]):
+    """``with pool.transaction() as conn``: commit on success, roll back on any exception
+    (including KeyboardInterrupt), return to the pool."""
+
+    __slots__ = ("conn", "pool", "timeout", "tx")
+
+    def __init__(self, pool: ConnectionPool[CT], timeout: float | None) -> None:
+        self.pool = pool
+        self.timeout = timeout
+
+    def __enter__(self) -> CT:
+        self.conn = self.pool._getconn(self.timeout)
+        try:
+            self.tx = self.conn.transaction()
+            self.tx.__enter__()
+        except BaseException:
+            self.pool.putconn(self.conn)
+            raise
+        return self.conn
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        try:
+            self.tx.__exit__(et, ev, tb)
+        finally:
+            self.pool.putconn(self.conn)
+
+
+class ConnectionPool(Generic[CT]):
+    """A pool of psycopg 3 connections that names its leaks and survives restarts.
+
+    Drop-in for ``psycopg_pool.ConnectionPool`` (same parameters, methods and errors); see
+    ``docs/pool.md`` for where the defaults differ and why.
+
+    Args:
+        conninfo: libpq conninfo string or ``postgresql://`` URL (``""``: libpq's environment).
+        connection_class: class whose ``connect()`` opens connections (``psycopg.Connection``).
+        kwargs: extra arguments for ``connect()`` (e.g. ``{"autocommit": True}``).
+        min_size: connections kept open (default 4, as psycopg_pool).
+        max_size: upper bound (default ``min_size``, as psycopg_pool).
+        open: open at construction (``None`` means yes, as psycopg_pool, without its
+            deprecation warning).
+        configure: called with each new connection; must leave it idle.
+        check: called on each checkout (psycopg_pool's hook); rarely needed here since the pool
+            validates stale connections itself.
+        reset: called on each return; must leave the connection idle.
+        name: pool name for logs and errors (default ``pool-N``).
+        close_returns: ``conn.close()`` returns the connection to the pool (psycopg >= 3.3).
+        timeout: seconds ``getconn()`` waits by default (30, as psycopg_pool).
+        max_waiting: callers allowed to wait at once; more get :class:`TooManyRequests`
+            (0: unbounded).
+        max_lifetime: seconds before a connection is replaced (3600, jittered down by up to
+            10 %).
+        max_idle: seconds an idle connection above ``min_size`` is kept (600).
+        reconnect_timeout: seconds of failed connection attempts after which
+            ``reconnect_failed(pool)`` is called once and background refilling stops until a
+            caller asks for a connection (300).
+        reconnect_failed: callback for the above.
+        num_workers: background threads opening connections (3).
+        leak_threshold: seconds a checkout may be held before a leak warning with its stack is
+            logged (60; ``None`` disables stack capture and warnings).
+        validation_window: a connection idle longer than this (seconds, default 2.0) is
+            validated with a round trip before being handed out; every checkout also checks
+            the socket for a pending server message (no round trip).
+        validation_timeout: seconds a validation round trip may take (5.0, HikariCP's).
+        connection_defaults: add TCP keepalives, ``tcp_user_timeout``, ``connect_timeout`` and
+            ``application_name`` where the DSN/kwargs/environment set none (default True).
+
+    Raises:
+        ConfigError: an argument is out of range (raised at construction).
+    """
+
+    def __init__(
+        self,
+        conninfo: str = "",
+        *,
+        connection_class: type[CT] = cast(Any, Connection),
+        kwargs: dict[str, Any] | None = None,
+        min_size: int = 4,
+        max_size: int | None = None,
+        open: bool | None = None,
+        configure: Callable[[CT], None] | None = None,
+        check: Callable[[CT], None] | None = None,
+        reset: Callable[[CT], None] | None = None,
+        name: str | None = None,
+        close_returns: bool = False,
+        timeout: float = 30.0,
+        max_waiting: int = 0,
+        max_lifetime: float = 60 * 60.0,
+        max_idle: float = 10 * 60.0,
+        reconnect_timeout: float = 5 * 60.0,
+        reconnect_failed: Callable[[ConnectionPool[CT]], None] | None = None,
+        num_workers: int = 3,
+        leak_threshold: float | None = _core.DEFAULT_LEAK_THRESHOLD,
+        validation_window: float = _core.DEFAULT_VALIDATION_WINDOW,
+        validation_timeout: float = _core.DEFAULT_VALIDATION_TIMEOUT,
+        connection_defaults: bool = True,
+    ) -> None:
+        self._config = _core.make_config(
+            conninfo=conninfo, kwargs=kwargs, min_size=min_size, max_size=max_size, name=name,
+            timeout=timeout, max_waiting=max_waiting, max_lifetime=max_lifetime,
+            max_idle=max_idle, reconnect_timeout=reconnect_timeout, num_workers=num_workers,
+            leak_threshold=leak_threshold, validation_window=validation_window,
+            validation_timeout=validation_timeout, connection_defaults=connection_defaults,
+        )
+        self.connection_class = connection_class
+        self._configure = configure
+        self._check = check
+        self._reset = reset
+        self._reconnect_failed = reconnect_failed
+        self.close_returns = close_returns
+        self._defaults: dict[str, str] = {}
+        if connection_defaults:
+            self._defaults = _core.connection_defaults(conninfo, self._config.kwargs)
+        self._lock = threading.Lock()
+        self._opened = False
+        self._closed = True
+        self._init_runtime()
+        _live_pools.add(self)
+        if open is None or open:
+            self.open()
+
+    def _init_runtime(self) -> None:
+        self._pid = _getpid()
+        self._epoch = _fork_epoch[0]
+        self._core = Core(self._config, self)
+        self._tasks: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        if "application_name" in self._defaults:
+            self._defaults["application_name"] = _core.default_application_name()
+
+    # -- properties -------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self._config.name
+
+    @property
+    def min_size(self) -> int:
+        return self._config.min_size
+
+    @property
+    def max_size(self) -> int:
+        return self._config.max_size
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def timeout(self) -> float:
+        return self._config.timeout
+
+    @property
+    def max_waiting(self) -> int:
+        return self._config.max_waiting
+
+    @property
+    def conninfo(self) -> str:
+        return self._config.conninfo
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return self._config.kwargs
+
+    @property
+    def leak_threshold(self) -> float | None:
+        return self._config.leak_threshold
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        core = self._core
+        return (f"<{type(self).__module__}.{type(self).__qualname__} {self.name!r} ({state}) "
+                f"size={core.size} idle={len(core.idle)} in_use={core.size - len(core.idle)}>")
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def open(self, wait: bool = False, timeout: float = 30.0) -> None:
+        """Start the background threads and fill the pool to ``min_size``.
+
+        Idempotent on an open pool. With ``wait=True``, block like :meth:`wait`.
+
+        Raises:
+            PoolClosed: the pool was closed (a closed pool cannot be reopened, as psycopg_pool).
+        """
+        self._fork_check()
+        with self._lock:
+            if self._opened and self._closed:
+                raise PoolClosed(f"pool {self.name!r} is already closed")
+            if not self._opened:
+                self._opened = True
+                self._closed = False
+                self._start_threads()
+                n = self._core.to_start(_monotonic())
+            else:
+                n = 0
+        self._start_connects(n)
+        if wait:
+            self.wait(timeout)
+
+    def _start_threads(self) -> None:
+        for i in range(self._config.num_workers):
+            t = threading.Thread(target=self._worker, name=f"{self.name}-worker-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        t = threading.Thread(target=self._maintain, name=f"{self.name}-maintenance", daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def wait(self, timeout: float = 30.0) -> None:
+        """Wait until ``min_size`` connections are open.
+
+        Raises:
+            PoolTimeout: not ready within ``timeout`` seconds; the pool is closed (as
+                psycopg_pool) and the message gives the last connection error.
+        """
+        deadline = _monotonic() + timeout
+        while True:
+            with self._lock:
+                if self._closed:
+                    raise PoolClosed(f"pool {self.name!r} is closed")
+                core = self._core
+                if core.size >= self._config.min_size:
+                    return
+                err = core.last_error
+                have = core.size
+            if _monotonic() >= deadline:
+                self.close()
+                detail = f": last connection error: {err}" if err else ""
+                raise PoolTimeout(
+                    f"pool {self.name!r} initialization incomplete after {timeout:.2f} s: "
+                    f"{have} of min_size={self._config.min_size} connections open{detail}"
+                )
+            time.sleep(0.005)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Close the pool: fail waiting callers with :class:`PoolClosed`, close idle
+        connections, stop the threads (joining them up to ``timeout`` seconds). Connections
+        checked out are closed when returned."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            core = self._core
+            idle, core.idle = core.idle, []
+            for slot in idle:
+                core.discard(slot)
+            waiters = list(core.waiters)
+            core.waiters.clear()
+            for w in waiters:
+                w.error = PoolClosed(f"the pool {self.name!r} was closed while waiting")
+                w.lock.release()
+        for slot in idle:
+            self._close_conn(slot.conn)
+        self._stop_threads(timeout)
+
+    def _stop_threads(self, timeout: float) -> None:
+        self._stop.set()
+        self._wake.set()
+        for _ in range(self._config.num_workers):
+            self._tasks.put(None)
+        deadline = _monotonic() + timeout
+        me = threading.current_thread()
+        for t in self._threads:
+            if t is not me:
+                t.join(max(0.0, deadline - _monotonic()))
+
+    def __enter__(self) -> ConnectionPool[CT]:
+        self.open()
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True) and getattr(self, "_pid", None) == _getpid():
+            self._stop.set()
+            with suppress(Exception):
+                for _ in range(self._config.num_workers):
+                    self._tasks.put(None)
+
+    # -- fork safety -------------------------------------------------------------------
+
+    def _fork_check(self) -> None:
+        if self._epoch != _fork_epoch[0] or self._pid != _getpid():
+            self._after_fork()
+
+    def _inherited_conns(self) -> list[Any]:
+        old = self._core
+        out = [s.ref() for s in old.slots if s.out and s.ref is not None]
+        return [s.conn for s in old.idle] + out
+
+    def _after_fork(self) -> None:
+        """In a child process: forget the parent's connections without touching their
+        sessions (their sockets are pointed at /dev/null, so closing them sends nothing to the
+        server), then start clean."""
+        conns = self._inherited_conns()
+        _neutralize(conns)
+        self._lock = threading.Lock()
+        was_open = self._opened and not self._closed
+        self._init_runtime()
+        logger.info("pool %r: used in a new process (pid %d): dropped %d inherited connections",
+                    self.name, self._pid, len(conns))
+        if was_open:
+            self._start_threads()
+            with self._lock:
+                n = self._core.to_start(_monotonic())
+            self._start_connects(n)
+
+    # -- checkout -------------------------------------------------------------------------
+
+    def connection(self, timeout: float | None = None) -> _ConnectionCM[CT]:
+        """Context manager: a connection for the block, then returned.
+
+        As psycopg_pool: commits on success, rolls back on error, replaces a broken connection.
+
+        Raises:
+            PoolTimeout: none available in ``timeout`` seconds (default ``self.timeout``); the
+                message names the holders. PoolClosed, TooManyRequests.
+        """
+        return _ConnectionCM(self, timeout)
+
+    def transaction(self, timeout: float | None = None) -> _TransactionCM[CT]:
+        """Context manager: a connection inside a transaction that commits on success and
+        rolls back on any exception (``KeyboardInterrupt`` included)."""
+        return _TransactionCM(self, timeout)
+
+    def getconn(self, timeout: float | None = None) -> CT:
+        """Check out a connection; you must :meth:`putconn` it (prefer :meth:`connection`).
+
+        Raises:
+            PoolTimeout: (a :class:`~pgwarden.pool.PoolCheckoutTimeout`) nothing available in
+                ``timeout`` seconds (default ``self.timeout``); says why.
+            PoolClosed: the pool is closed.
+            TooManyRequests: ``max_waiting`` callers are already waiting.
+        """
+        return self._getconn(timeout)
+
+    def _getconn(self, timeout: float | None) -> CT:
+        if self._epoch != _fork_epoch[0]:
+            self._after_fork()
+        core = self._core
+        if self._config.leak_threshold:
+            # inline capture_stack(): the caller's frames as (code, lasti), formatted on report
+            stack: Any = []
+            f: Any = _getframe(2)
+            depth = STACK_DEPTH
+            while f is not None and depth:
+                stack.append((f.f_code, f.f_lasti))
+                f = f.f_back
+                depth -= 1
+        else:
+            stack = ()
+        name = _current_thread().name
+        now = _monotonic()
+        if timeout is None:
+            timeout = self._config.timeout
+        deadline = now + timeout
+        while True:
+            w = None
+            with self._lock:
+                if self._closed:
+                    raise PoolClosed(f"the pool {self.name!r} is not open")
+                core.stats.requests_num += 1
+                if core.idle:
+                    slot = core.idle.pop()
+                    conn = cast(CT, slot.conn)
+                    core.take_out(slot, now, name, stack)
+                else:
+                    cfg = self._config
+                    if cfg.max_waiting and len(core.waiters) >= cfg.max_waiting:
+                        core.stats.requests_errors += 1
+                        raise TooManyRequests(
+                            f"the pool {self.name!r} already has {len(core.waiters)} requests "
+                            f"waiting (max_waiting={cfg.max_waiting})"
+                        )
+                    if core.gc_queue:
+                        self._reclaim_locked()
+                    w = _Waiter(name, stack, now)
+                    core.waiters.append(w)
+                    core.stats.requests_queued += 1
+                    n = core.to_start(now)
+                    if core.failures:
+                        self._wake.set()
+            if w is not None:
+                self._start_connects(n)
+                slot = self._wait(w, timeout, deadline)
+                conn = cast(CT, w.conn)
+                w.conn = None
+                now = _monotonic()
+            # fast path of the validation rule (Core.needs_probe + one poll syscall)
+            if (
+                slot.gen >= core.gen
+                and now - slot.last_used <= self._config.validation_window
+                and not slot.poller.poll(0)
+                and self._check is None
+            ):
+                return conn
+            if self._ready(slot, conn, now):
+                return conn
+            now = _monotonic()
+            if now >= deadline:
+                with self._lock:
+                    err = core.timeout_error(timeout, now, now)
+                    core.stats.requests_errors += 1
+                raise err
+
+    def _wait(self, w: _Waiter, timeout: float, deadline: float) -> Slot:
+        remaining = deadline - _monotonic()
+        if remaining <= 0 or not w.lock.acquire(timeout=remaining):
+            with self._lock:
+                if w.slot is None and w.error is None:
+                    core = self._core
+                    with suppress(ValueError):
+                        core.waiters.remove(w)
+                    core.stats.requests_errors += 1
+                    now = _monotonic()
+                    core.stats.requests_wait_ms += int((now - w.since) * 1000)
+                    raise core.timeout_error(timeout, now, w.since)
+        if w.error is not None:
+            raise w.error
+        assert w.slot is not None
+        return w.slot
+
+    def _ready(self, slot: Slot, conn: CT | None, now: float) -> bool:
+        """Validate a checked-out slot; False (and the slot discarded) if it is dead."""
+        core = self._core
+        reason = None
+        if conn is None:
+            reason = "connection object vanished"
+        else:
+            pgconn = conn.pgconn
+            try:
+                if core.needs_probe(slot, now) or slot.poller.poll(0):
+                    core.stats.validations_num += 1
+                    self._probe(pgconn)
+                if self._check is not None:
+                    self._check(conn)
+                return True
+            except BaseException as exc:
+                if not isinstance(exc, Exception):
+                    self._discard(slot, conn)
+                    raise
+                reason = f"validation failed: {_core._first_line(exc)}"
+        with self._lock:
+            core.stats.validations_failed += 1
+            core.disconnect_detected(slot, f"stale connection pid {slot.pid} ({reason})")
+        logger.info("pool %r: discarding stale connection pid %d: %s", self.name, slot.pid,
+                    reason)
+        self._discard(slot, conn)
+        return False
+
+    def _probe(self, pgconn: Any) -> None:
+        gen = _core.probe(pgconn)
+        deadline = _monotonic() + self._config.validation_timeout
+        fd = pgconn.socket
+        for what in gen:
+            remaining = deadline - _monotonic()
+            if remaining <= 0:
+                raise ProbeFailed(
+                    f"no answer within validation_timeout={self._config.validation_timeout} s")
+            p = select.poll()
+            p.register(fd, select.POLLIN if what == WAIT_R else select.POLLOUT)
+            if not p.poll(remaining * 1000):
+                raise ProbeFailed(
+                    f"no answer within validation_timeout={self._config.validation_timeout} s")
+
+    def _discard(self, slot: Slot, conn: Any) -> None:
+        with self._lock:
+            self._core.discard(slot)
+            n = self._core.to_start(_monotonic())
+        self._close_conn(conn)
+        self._start_connects(n)
+
+    # -- return -------------------------------------------------------------------------
+
+    def putconn(self, conn: CT) -> None:
+        """Return a connection checked out with :meth:`getconn`.
+
+        Inside a transaction it is rolled back with a warning naming the holder; a broken
+        or closed one is discarded and replaced; ``reset`` is called if given.
+
+        Raises:
+            ValueError: the connection does not come from this pool.
+        """
+        try:
+            slot: Slot | None = conn._pgw_slot  # type: ignore[attr-defined]
+        except AttributeError:
+            slot = None
+        if slot is None or cast(Any, conn._pool) is not self:
+            pool = getattr(conn, "_pool", None)
+            where = (f"it comes from pool {pool.name!r}" if pool is not None
+                     else "it doesn't come from any pool")
+            raise ValueError(f"can't return connection to pool {self.name!r}, {where}: {conn}")
+        if self._epoch != _fork_epoch[0]:
+            self._after_fork()
+            return
+        if not slot.out:
+            logger.warning("pool %r: connection pid %d returned twice; ignored", self.name,
+                           slot.pid)
+            return
+        core = self._core
+        bad = None
+        status = conn.pgconn.transaction_status
+        if status != TS.IDLE:
+            bad = self._reset_status(slot, conn, status)
+        if bad is None and self._reset is not None:
+            try:
+                self._reset(conn)
+                if conn.pgconn.transaction_status != TS.IDLE:
+                    bad = "left not idle by the reset function"
+            except Exception as exc:
+                bad = f"reset function failed: {exc}"
+        now = _monotonic()
+        n = 0
+        with self._lock:
+            unleaked = core.returned(slot, now)
+            keep = bad is None and not self._closed and core.reusable(slot, now)
+            if keep:
+                self._add_locked(slot, conn, now)
+            else:
+                if bad is not None:
+                    core.stats.returns_bad += 1
+                    if bad.startswith("broken"):
+                        core.disconnect_detected(slot, f"connection pid {slot.pid} {bad}")
+                core.discard(slot)
+                n = core.to_start(now)
+        if unleaked:
+            self._log_unleaked(slot, now)
+        if not keep:
+            if bad is not None:
+                logger.info("pool %r: discarding returned connection pid %d: %s", self.name,
+                            slot.pid, bad)
+            self._close_conn(conn)
+            self._start_connects(n)
+
+    def _reset_status(self, slot: Slot, conn: CT, status: int) -> str | None:
+        if status == TS.UNKNOWN or conn.closed:
+            return "broken (closed or lost)"
+        if status == TS.ACTIVE:
+            return "returned while a query was running"
+        logger.warning(
+            "pool %r: connection pid %d returned inside a transaction (%s) by %s at %s; "
+            "rolling back", self.name, slot.pid, _core.tx_state(conn), slot.holder,
+            format_location(slot.stack))
+        with self._lock:
+            self._core.stats.returns_rolled_back += 1
+        try:
+            conn.rollback()
+        except Exception as exc:
+            return f"broken: rollback failed: {exc}"
+        return None
+
+    def _add_locked(self, slot: Slot, conn: Any, now: float) -> None:
+        core = self._core
+        if core.waiters:
+            w = core.waiters.popleft()
+            core.take_out(slot, now, w.name, w.stack)
+            core.stats.requests_wait_ms += int((now - w.since) * 1000)
+            w.conn = conn
+            w.slot = slot
+            w.lock.release()
+        else:
+            slot.conn = conn
+            core.idle.append(slot)
+
+    def _close_conn(self, conn: Any) -> None:
+        if conn is None:
+            return
+        with suppress(Exception):
+            conn._pool = None
+            conn.close()
+
+    def _conn_collected(self, ref: _core.ConnRef) -> None:
+        # weakref callback: may run in any thread, inside the GC: no locks here
+        self._core.gc_queue.append(ref.slot)
+
+    def _reclaim_locked(self) -> None:
+        core = self._core
+        for slot in core.reclaim_collected():
+            logger.warning(
+                "pool %r: connection pid %d was garbage-collected without being returned "
+                "(checked out by %s at %s); reclaimed its slot. Checkout stack (most recent "
+                "call last):\n%s", self.name, slot.pid, slot.holder,
+                format_location(slot.stack), "".join(summarize(slot.stack).format()))
+
+    # -- connecting -------------------------------------------------------------------------
+
+    def _start_connects(self, n: int) -> None:
+        for _ in range(n):
+            self._tasks.put(1)
+
+    def _connect(self) -> CT:
+        kw = dict(self._config.kwargs)
+        kw.update(self._defaults)
+        conn = self.connection_class.connect(self._config.conninfo, **kw)
+        try:
+            if self._configure is not None:
+                self._configure(conn)
+                if conn.pgconn.transaction_status != TS.IDLE:
+                    raise psycopg.ProgrammingError(
+                        "connection left in a transaction by the configure function")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _worker(self) -> None:
+        while True:
+            task = self._tasks.get()
+            if task is None or self._pid != _getpid():
+                return
+            try:
+                self._connect_task()
+            except Exception:
+                logger.exception("pool %r: unexpected error in connection worker", self.name)
+
+    def _connect_task(self) -> None:
+        core = self._core
+        while True:
+            now = _monotonic()
+            with self._lock:
+                if (
+                    self._closed
+                    or not core.still_wanted()
+                    or (core.failures and core.connecting > 1)
+                ):
+                    core.connecting -= 1
+                    return
+                delay = core.retry_delay(now)
+                if delay <= 0:
+                    core.connect_started(now)
+            if delay > 0:
+                self._wake.wait(delay)
+                self._wake.clear()
+                continue
+            try:
+                conn = self._connect()
+            except Exception as exc:
+                with self._lock:
+                    give_up = core.connect_failed(exc, _monotonic())
+                if give_up:
+                    _core.call_reconnect_failed(self._reconnect_failed, self)
+                continue
+            t1 = _monotonic()
+            with self._lock:
+                core.connecting -= 1
+                slot = core.connect_ok(conn, t1, t1 - now, self._conn_collected)
+                conn._pool = cast(Any, self)
+                conn._pgw_slot = slot  # type: ignore[attr-defined]
+                if self._closed:
+                    core.discard(slot)
+                else:
+                    self._add_locked(slot, conn, t1)
+                n = core.to_start(t1)
+            if self._closed:
+                self._close_conn(conn)
+            self._start_connects(n)
+            return
+
+    # -- maintenance -------------------------------------------------------------------------
+
+    def _maintain(self) -> None:
+        thr = self._config.leak_threshold
+        tick = 1.0 if thr is None else max(0.05, min(1.0, thr / 4))
+        stop = self._stop
+        while not stop.wait(tick):
+            if self._pid != _getpid():
+                return
+            try:
+                self._maintain_once()
+            except Exception:
+                logger.exception("pool %r: unexpected error in maintenance", self.name)
+
+    def _maintain_once(self) -> None:
+        core = self._core
+        now = _monotonic()
+        with self._lock:
+            if self._closed:
+                return
+            expired = core.expired_idle(now)
+            leaks = core.leak_scan(now)
+            self._reclaim_locked()
+            n = core.to_start(now)
+        for slot in expired:
+            self._close_conn(slot.conn)
+        self._start_connects(n)
+        wall = time.time()
+        for slot in leaks:
+            h = core.holder_of(slot, now, wall)
+            if h is not None:
+                _log_leak(self.name, h)
+
+    def _log_unleaked(self, slot: Slot, now: float) -> None:
+        logger.info("pool %r: previously reported leak returned (unleaked): pid %d held %.1f s "
+                    "by %s at %s", self.name, slot.pid, now - slot.out_at, slot.holder,
+                    format_location(slot.stack))
+
+    # -- maintenance API (psycopg_pool) ----------------------------------------------------
+
+    def resize(self, min_size: int, max_size: int | None = None) -> None:
+        """Change ``min_size``/``max_size`` at runtime; surplus idle connections close now,
+        surplus checked-out ones when returned."""
+        min_size, max_size = _core.check_sizes(min_size, max_size)
+        logger.info("resizing %r to min_size=%s max_size=%s", self.name, min_size, max_size)
+        with self._lock:
+            core = self._core
+            self._config.min_size = min_size
+            self._config.max_size = max_size
+            core.grow_cap = max_size
+            surplus = []
+            while core.size > max_size and core.idle:
+                slot = core.idle.pop(0)
+                core.discard(slot)
+                surplus.append(slot)
+            n = core.to_start(_monotonic())
+        for slot in surplus:
+            self._close_conn(slot.conn)
+        self._start_connects(n)
+
+    def check(self) -> None:
+        """Validate every idle connection now (round trip); discard and replace dead ones."""
+        with self._lock:
+            core = self._core
+            slots, core.idle = core.idle, []
+        good = []
+        for slot in slots:
+            try:
+                self._probe(slot.conn.pgconn)
+                good.append(slot)
+            except Exception as exc:
+                logger.info("pool %r: check discarded pid %d: %s", self.name, slot.pid, exc)
+                self._discard(slot, slot.conn)
+        with self._lock:
+            now = _monotonic()
+            for slot in good:
+                self._add_locked(slot, slot.conn, now)
+
+    @staticmethod
+    def check_connection(conn: CT) -> None:
+        """Raise if ``conn`` does not answer an empty query (psycopg_pool's check)."""
+        if conn.autocommit:
+            conn.execute("")
+        else:
+            conn.autocommit = True
+            try:
+                conn.execute("")
+            finally:
+                with suppress(Exception):
+                    conn.autocommit = False
+
+    def drain(self) -> None:
+        """Close all idle connections and replace them; checked-out ones are closed when
+        returned (psycopg_pool 3.3's ``drain``)."""
+        with self._lock:
+            core = self._core
+            core.gen += 1
+            core.drain_gen = core.gen
+            idle, core.idle = core.idle, []
+            for slot in idle:
+                core.discard(slot)
+            n = core.to_start(_monotonic())
+        for slot in idle:
+            self._close_conn(slot.conn)
+        self._start_connects(n)
+
+    # -- observability ----------------------------------------------------------------------
+
+    def holders(self) -> list[Holder]:
+        """Who holds the checked-out connections now, longest held first."""
+        with self._lock:
+            return self._core.holders()
+
+    def get_stats(self) -> dict[str, int]:
+        """Current measures and counters (psycopg_pool's keys plus pgwarden's; docs/pool.md)."""
+        with self._lock:
+            return self._core.get_stats()
+
+    def pop_stats(self) -> dict[str, int]:
+        """As :meth:`get_stats`, then reset the counters."""
+        with self._lock:
+            rv = self._core.get_stats()
+            self._core.stats = _core.Stats()
+            return rv
+
+
+def _log_leak(pool_name: str, h: Holder) -> None:
+    logger.warning(
+        "pool %r: connection leak? pid %d checked out %.1f s ago by %s at %s (%s) and not "
+        "returned. Checkout stack (most recent call last):\n%s",
+        pool_name, h.pid, h.held_for, h.holder, h.location, h.transaction_state,
+        h.format_stack())
+
+
+def _neutralize(conns: list[Any]) -> None:
+    """Point inherited sockets at /dev/null so nothing this process does reaches the parent's
+    sessions (PQfinish would otherwise send a Terminate message on the shared socket)."""
+    try:
+        devnull = os.open(os.devnull, os.O_RDWR)
+    except OSError:
+        return
+    try:
+        for conn in conns:
+            if conn is None:
+                continue
+            with suppress(Exception):
+                fd = conn.pgconn.socket
+                os.dup2(devnull, fd)
+            with suppress(Exception):
+                conn._pool = None
+    finally:
+        os.close(devnull)
+
+
+def _after_fork_in_child() -> None:
+    _fork_epoch[0] += 1
+    # Only make the inherited sockets harmless here; the pool starts clean (new lock, state and
+    # threads) on its first use in the child (see ConnectionPool._after_fork).
+    for pool in list(_live_pools):
+        with suppress(Exception):
+            if pool._pid != _getpid():
+                _neutralize(pool._inherited_conns())
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
