@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from ..errors import PoolClosed, PoolError, PoolTimeout, TooManyRequests
 from ._core import PoolCheckoutTimeout
+from .aio import AsyncConnectionPool
 from .holders import Holder
 from .sync import ConnectionPool
 
 __all__ = [
+    "AsyncConnectionPool",
     "ConnectionPool",
     "Holder",
     "PoolCheckoutTimeout",

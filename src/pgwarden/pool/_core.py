@@ -742,6 +742,51 @@ def readable_now(fd: int) -> bool:
     return bool(r)
 
 
+def return_verdict(conn: Any, status: int) -> str | None:
+    """Reset-on-return rule for a connection not idle: ``"rollback"`` when it is inside a
+    transaction (rolled back with a warning naming the holder, as psycopg_pool does), else the
+    reason to discard it (broken, or returned while a query runs, e.g. a cancelled task)."""
+    if status == TS.UNKNOWN or conn.closed:
+        return "broken (closed or lost)"
+    if status == TS.ACTIVE:
+        return "returned while a query was running"
+    return "rollback"
+
+
+def log_rollback(pool_name: str, slot: Slot, conn: Any) -> None:
+    logger.warning(
+        "pool %r: connection pid %d returned inside a transaction (%s) by %s at %s; "
+        "rolling back", pool_name, slot.pid, tx_state(conn), slot.holder,
+        format_location(slot.stack))
+
+
+def log_leak(pool_name: str, h: Holder) -> None:
+    logger.warning(
+        "pool %r: connection leak? pid %d checked out %.1f s ago by %s at %s (%s) and not "
+        "returned. Checkout stack (most recent call last):\n%s",
+        pool_name, h.pid, h.held_for, h.holder, h.location, h.transaction_state,
+        h.format_stack())
+
+
+def log_unleaked(pool_name: str, slot: Slot, now: float) -> None:
+    logger.info("pool %r: previously reported leak returned (unleaked): pid %d held %.1f s "
+                "by %s at %s", pool_name, slot.pid, now - slot.out_at, slot.holder,
+                format_location(slot.stack))
+
+
+def log_reclaimed(pool_name: str, slot: Slot) -> None:
+    logger.warning(
+        "pool %r: connection pid %d was garbage-collected without being returned "
+        "(checked out by %s at %s); reclaimed its slot. Checkout stack (most recent "
+        "call last):\n%s", pool_name, slot.pid, slot.holder,
+        format_location(slot.stack), "".join(summarize(slot.stack).format()))
+
+
+def maintenance_tick(leak_threshold: float | None) -> float:
+    """Seconds between maintenance passes: a quarter of the leak threshold, 50 ms to 1 s."""
+    return 1.0 if leak_threshold is None else max(0.05, min(1.0, leak_threshold / 4))
+
+
 def call_reconnect_failed(cb: Callable[[Any], Any] | None, pool: Any) -> None:
     logger.warning("pool %r: could not connect for reconnect_timeout; giving up until a "
                    "caller asks for a connection", pool.name)

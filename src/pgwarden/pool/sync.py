@@ -20,7 +20,7 @@ from psycopg import Connection
 from ..errors import PoolClosed, PoolTimeout, TooManyRequests
 from . import _core
 from ._core import TS, WAIT_R, Core, ProbeFailed, Slot, logger
-from .holders import STACK_DEPTH, Holder, format_location, summarize
+from .holders import STACK_DEPTH, Holder
 
 __all__ = ["ConnectionPool"]
 
@@ -612,7 +612,7 @@ class ConnectionPool(Generic[CT]):
                 core.discard(slot)
                 n = core.to_start(now)
         if unleaked:
-            self._log_unleaked(slot, now)
+            _core.log_unleaked(self.name, slot, now)
         if not keep:
             if bad is not None:
                 logger.info("pool %r: discarding returned connection pid %d: %s", self.name,
@@ -621,14 +621,10 @@ class ConnectionPool(Generic[CT]):
             self._start_connects(n)
 
     def _reset_status(self, slot: Slot, conn: CT, status: int) -> str | None:
-        if status == TS.UNKNOWN or conn.closed:
-            return "broken (closed or lost)"
-        if status == TS.ACTIVE:
-            return "returned while a query was running"
-        logger.warning(
-            "pool %r: connection pid %d returned inside a transaction (%s) by %s at %s; "
-            "rolling back", self.name, slot.pid, _core.tx_state(conn), slot.holder,
-            format_location(slot.stack))
+        verdict = _core.return_verdict(conn, status)
+        if verdict != "rollback":
+            return verdict
+        _core.log_rollback(self.name, slot, conn)
         with self._lock:
             self._core.stats.returns_rolled_back += 1
         try:
@@ -664,11 +660,7 @@ class ConnectionPool(Generic[CT]):
     def _reclaim_locked(self) -> None:
         core = self._core
         for slot in core.reclaim_collected():
-            logger.warning(
-                "pool %r: connection pid %d was garbage-collected without being returned "
-                "(checked out by %s at %s); reclaimed its slot. Checkout stack (most recent "
-                "call last):\n%s", self.name, slot.pid, slot.holder,
-                format_location(slot.stack), "".join(summarize(slot.stack).format()))
+            _core.log_reclaimed(self.name, slot)
 
     # -- connecting -------------------------------------------------------------------------
 
@@ -747,8 +739,7 @@ class ConnectionPool(Generic[CT]):
     # -- maintenance -------------------------------------------------------------------------
 
     def _maintain(self) -> None:
-        thr = self._config.leak_threshold
-        tick = 1.0 if thr is None else max(0.05, min(1.0, thr / 4))
+        tick = _core.maintenance_tick(self._config.leak_threshold)
         stop = self._stop
         while not stop.wait(tick):
             if self._pid != _getpid():
@@ -775,12 +766,7 @@ class ConnectionPool(Generic[CT]):
         for slot in leaks:
             h = core.holder_of(slot, now, wall)
             if h is not None:
-                _log_leak(self.name, h)
-
-    def _log_unleaked(self, slot: Slot, now: float) -> None:
-        logger.info("pool %r: previously reported leak returned (unleaked): pid %d held %.1f s "
-                    "by %s at %s", self.name, slot.pid, now - slot.out_at, slot.holder,
-                    format_location(slot.stack))
+                _core.log_leak(self.name, h)
 
     # -- maintenance API (psycopg_pool) ----------------------------------------------------
 
@@ -868,14 +854,6 @@ class ConnectionPool(Generic[CT]):
             rv = self._core.get_stats()
             self._core.stats = _core.Stats()
             return rv
-
-
-def _log_leak(pool_name: str, h: Holder) -> None:
-    logger.warning(
-        "pool %r: connection leak? pid %d checked out %.1f s ago by %s at %s (%s) and not "
-        "returned. Checkout stack (most recent call last):\n%s",
-        pool_name, h.pid, h.held_for, h.holder, h.location, h.transaction_state,
-        h.format_stack())
 
 
 def _neutralize(conns: list[Any]) -> None:
