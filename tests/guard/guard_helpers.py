@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from pgwarden.activity.records import Server, Session, Settings, Snapshot
+from pgwarden.embedded import EmbeddedPostgres
 
 NOW = dt.datetime(2026, 11, 20, 12, 0, tzinfo=dt.timezone.utc)
 
@@ -86,3 +89,36 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, step: float 
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         time.sleep(step)
+
+
+APP_PASSWORD = "app-pw"
+GUARD_PASSWORD = "guard-pw"
+
+
+def add_roles(cluster: EmbeddedPostgres) -> EmbeddedPostgres:
+    """Roles every guard test cluster has: ``app`` (plain) and ``pgwarden_guard`` (least
+    privilege, the SQL of docs/guard.md)."""
+    cluster.execute(f"create role app login password '{APP_PASSWORD}'")
+    cluster.execute(f"create role pgwarden_guard login password '{GUARD_PASSWORD}'")
+    cluster.execute("grant pg_monitor, pg_signal_backend to pgwarden_guard")
+    return cluster
+
+
+def app_params() -> dict[str, Any]:
+    return {"user": "app", "password": APP_PASSWORD}
+
+
+def guard_dsn(cluster: EmbeddedPostgres) -> str:
+    return cluster.conninfo(user="pgwarden_guard", password=GUARD_PASSWORD)
+
+
+def live_pids(cluster: EmbeddedPostgres) -> set[int]:
+    rows = cluster.execute("select pid from pg_stat_activity where backend_type = 'client backend'"
+                           " and pid <> pg_backend_pid()")
+    return {r[0] for r in rows}
+
+
+def read_audit(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -25,6 +25,7 @@ import collections
 import contextlib
 import datetime as dt
 import logging
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ logger = logging.getLogger("pgwarden.guard")
 #: objsubid=1``.
 LOCK_KEY = 0x7067776172640001
 
+_PLAIN_IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
 _IDLE_STATES = ("idle", "idle in transaction", "idle in transaction (aborted)")
 
 
@@ -337,7 +339,7 @@ class Guard:
         server = snapshot.server
         conn = self._conn
         role = server.role
-        if conn is not None:
+        if conn is not None and not _PLAIN_IDENT.match(role):
             role = sql.Identifier(server.role).as_string(conn)
         if not server.sees_all_sessions:
             raise PermissionMissing(
