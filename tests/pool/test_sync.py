@@ -462,3 +462,24 @@ def test_concurrency_stress(pg: Any) -> None:
     for c in conns:
         pool.putconn(c)
     pool.close()
+
+
+def test_get_pool_is_one_per_process(pg: Any) -> None:
+    from pgwarden.pool import get_pool
+    from pgwarden.pool.registry import close_all
+
+    env = {"DATABASE_URL": pg.url, "PGWARDEN_POOL_MIN_SIZE": "1",
+           "PGWARDEN_POOL_MAX_SIZE": "3", "PGWARDEN_POOL_TIMEOUT": "2.5"}
+    try:
+        a = get_pool(environ=env)
+        b = get_pool(environ=env)
+        assert a is b
+        assert (a.min_size, a.max_size, a.timeout) == (1, 3, 2.5)
+        assert get_pool(environ=env, name="reports") is not a
+        with a.connection() as conn:
+            assert conn.execute("select 1").fetchone() == (1,)
+        with pytest.raises(ConfigError, match="PGWARDEN_POOL_MAX_SIZE"):
+            get_pool(pg.dsn, name="bad", environ={"PGWARDEN_POOL_MAX_SIZE": "lots"})
+    finally:
+        close_all()
+    assert a.closed

@@ -11,6 +11,7 @@ from ..errors import PoolClosed, PoolError, PoolTimeout, TooManyRequests
 from ._core import PoolCheckoutTimeout
 from .aio import AsyncConnectionPool
 from .holders import Holder
+from .registry import get_pool
 from .sync import ConnectionPool
 
 __all__ = [
@@ -22,4 +23,5 @@ __all__ = [
     "PoolError",
     "PoolTimeout",
     "TooManyRequests",
+    "get_pool",
 ]
