@@ -1,0 +1,295 @@
+"""Pool throughput and checkout cost, pgwarden side by side with the pools people use.
+
+On one embedded PostgreSQL (loopback only), in one run, interleaved rounds:
+
+- ``SELECT 1`` throughput with 32 workers (threads, or tasks for asyncio pools) sharing a pool of
+  10 connections, for a fixed time per round;
+- uncontended checkout + return cost (one worker, no query), microseconds per pair.
+
+Contenders: pgwarden ``ConnectionPool`` and ``AsyncConnectionPool`` with leak detection on
+(default, ``leak_threshold=60``) and off (``leak_threshold=None``), psycopg_pool sync and async,
+SQLAlchemy's QueuePool (psycopg driver) and asyncpg's pool for reference.
+
+Targets (issue #3), leak detection on: throughput >= 1.0x psycopg_pool's, checkout+return no
+slower than psycopg_pool's.
+
+Usage: python bench/throughput.py [--quick] [--rounds 5] [--seconds 2.0]
+Writes bench/results/throughput.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _pool_common import environment, print_table
+from pgwarden.embedded import EmbeddedPostgres
+from pgwarden.pool import AsyncConnectionPool, ConnectionPool
+
+POOL = 10
+WORKERS = 32
+
+
+# -- sync contenders: (acquire-and-query callable, checkout-return callable, close) ----------
+
+def sync_contenders(pg: EmbeddedPostgres) -> dict[str, Callable[[], Any]]:
+    import psycopg_pool
+    import sqlalchemy
+
+    def pgw(leak: float | None) -> Callable[[], Any]:
+        def make() -> Any:
+            p = ConnectionPool(pg.dsn, min_size=POOL, max_size=POOL, leak_threshold=leak,
+                               name="bench")
+            p.wait(30)
+
+            def query() -> None:
+                with p.connection() as c:
+                    c.execute("select 1").fetchone()
+
+            def pair() -> None:
+                p.putconn(p.getconn())
+
+            return query, pair, p.close
+        return make
+
+    def pp() -> Any:
+        p = psycopg_pool.ConnectionPool(pg.dsn, min_size=POOL, max_size=POOL, open=True)
+        p.wait(30)
+
+        def query() -> None:
+            with p.connection() as c:
+                c.execute("select 1").fetchone()
+
+        def pair() -> None:
+            p.putconn(p.getconn())
+
+        return query, pair, p.close
+
+    def sa() -> Any:
+        eng = sqlalchemy.create_engine(
+            pg.url.replace("postgresql://", "postgresql+psycopg://"),
+            pool_size=POOL, max_overflow=0, pool_timeout=30)
+        stmt = sqlalchemy.text("select 1")
+
+        def query() -> None:
+            with eng.connect() as c:
+                c.execute(stmt).fetchone()
+
+        pool = eng.pool
+
+        def pair() -> None:
+            pool.connect().close()
+
+        for _ in range(POOL):
+            pair()
+        return query, pair, eng.dispose
+
+    return {
+        "pgwarden sync (leak on)": pgw(60.0),
+        "pgwarden sync (leak off)": pgw(None),
+        "psycopg_pool sync": pp,
+        "sqlalchemy QueuePool": sa,
+    }
+
+
+def run_sync(make: Callable[[], Any], seconds: float, pairs: int) -> tuple[float, float]:
+    query, pair, close = make()
+    try:
+        for _ in range(200):
+            query()
+        stop = time.monotonic() + seconds
+        counts = [0] * WORKERS
+        start = threading.Barrier(WORKERS + 1)
+
+        def worker(i: int) -> None:
+            start.wait()
+            n = 0
+            while n < 1_000_000 and (n % 32 or time.monotonic() < stop):
+                query()
+                n += 1
+            counts[i] = n
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(WORKERS)]
+        for t in threads:
+            t.start()
+        t0 = time.perf_counter()
+        start.wait()
+        for t in threads:
+            t.join()
+        qps = sum(counts) / (time.perf_counter() - t0)
+        for _ in range(1000):
+            pair()
+        t0 = time.perf_counter()
+        for _ in range(pairs):
+            pair()
+        us = (time.perf_counter() - t0) / pairs * 1e6
+        return qps, us
+    finally:
+        close()
+
+
+# -- async contenders --------------------------------------------------------------------------
+
+async def async_make(name: str, pg: EmbeddedPostgres) -> Any:
+    if name.startswith("pgwarden async"):
+        leak = 60.0 if "on" in name else None
+        p = AsyncConnectionPool(pg.dsn, min_size=POOL, max_size=POOL, leak_threshold=leak,
+                                name="abench")
+        await p.open(wait=True)
+
+        async def query() -> None:
+            async with p.connection() as c:
+                await (await c.execute("select 1")).fetchone()
+
+        async def pair() -> None:
+            await p.putconn(await p.getconn())
+
+        return query, pair, p.close
+    if name == "psycopg_pool async":
+        import psycopg_pool
+
+        p2 = psycopg_pool.AsyncConnectionPool(pg.dsn, min_size=POOL, max_size=POOL, open=False)
+        await p2.open(wait=True)
+
+        async def query2() -> None:
+            async with p2.connection() as c:
+                await (await c.execute("select 1")).fetchone()
+
+        async def pair2() -> None:
+            await p2.putconn(await p2.getconn())
+
+        return query2, pair2, p2.close
+    import asyncpg
+
+    p3 = await asyncpg.create_pool(pg.url, min_size=POOL, max_size=POOL)
+
+    async def query3() -> None:
+        async with p3.acquire() as c:
+            await c.fetchval("select 1")
+
+    async def pair3() -> None:
+        await p3.release(await p3.acquire())
+
+    return query3, pair3, p3.close
+
+
+ASYNC_NAMES = ["pgwarden async (leak on)", "pgwarden async (leak off)", "psycopg_pool async",
+               "asyncpg pool"]
+
+
+def run_async(name: str, pg: EmbeddedPostgres, seconds: float, pairs: int) -> tuple[float, float]:
+    async def main() -> tuple[float, float]:
+        query, pair, close = await async_make(name, pg)
+        try:
+            for _ in range(200):
+                await query()
+            stop = time.monotonic() + seconds
+            counts = [0] * WORKERS
+
+            async def worker(i: int) -> None:
+                n = 0
+                while n < 1_000_000 and (n % 32 or time.monotonic() < stop):
+                    await query()
+                    n += 1
+                counts[i] = n
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(worker(i) for i in range(WORKERS)))
+            qps = sum(counts) / (time.perf_counter() - t0)
+            for _ in range(1000):
+                await pair()
+            t0 = time.perf_counter()
+            for _ in range(pairs):
+                await pair()
+            us = (time.perf_counter() - t0) / pairs * 1e6
+            return qps, us
+        finally:
+            await close()
+
+    return asyncio.run(main())
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="1 round of 1 s")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--seconds", type=float, default=2.0)
+    ap.add_argument("--pairs", type=int, default=20000)
+    args = ap.parse_args()
+    if args.quick:
+        args.rounds, args.seconds, args.pairs = 1, 1.0, 5000
+    warnings.simplefilter("ignore")
+    results: dict[str, dict[str, list[float]]] = {}
+    with EmbeddedPostgres(max_connections=120) as pg:
+        sync = sync_contenders(pg)
+        for rnd in range(args.rounds):
+            for name, make in sync.items():
+                qps, us = run_sync(make, args.seconds, args.pairs)
+                r = results.setdefault(name, {"qps": [], "us": []})
+                r["qps"].append(qps)
+                r["us"].append(us)
+                print(f"round {rnd + 1}: {name}: {qps:,.0f} q/s, {us:.2f} us", file=sys.stderr)
+            for name in ASYNC_NAMES:
+                qps, us = run_async(name, pg, args.seconds, args.pairs)
+                r = results.setdefault(name, {"qps": [], "us": []})
+                r["qps"].append(qps)
+                r["us"].append(us)
+                print(f"round {rnd + 1}: {name}: {qps:,.0f} q/s, {us:.2f} us", file=sys.stderr)
+
+    med = {n: (statistics.median(r["qps"]), statistics.median(r["us"]))
+           for n, r in results.items()}
+    ref = {"sync": med["psycopg_pool sync"], "async": med["psycopg_pool async"]}
+    rows = []
+    for name, (qps, us) in med.items():
+        kind = "async" if ("async" in name or "asyncpg" in name) else "sync"
+        rq, ru = ref[kind]
+        rows.append([name, f"{qps:,.0f}", f"{qps / rq:.2f}x", f"{us:.2f}", f"{us / ru:.2f}x"])
+    print(f"\nSELECT 1 with {WORKERS} workers on a pool of {POOL}; uncontended checkout+return "
+          f"(median of {args.rounds} rounds; ratios vs psycopg_pool of the same kind)\n")
+    print_table(["pool", "queries/s", "vs psycopg_pool", "checkout+return us",
+                 "vs psycopg_pool"], rows)
+    leak_cost = {
+        kind: {
+            "throughput_on_over_off": med[f"pgwarden {kind} (leak on)"][0]
+            / med[f"pgwarden {kind} (leak off)"][0],
+            "checkout_us_on_minus_off": med[f"pgwarden {kind} (leak on)"][1]
+            - med[f"pgwarden {kind} (leak off)"][1],
+        }
+        for kind in ("sync", "async")
+    }
+    for kind, c in leak_cost.items():
+        print(f"leak detection cost ({kind}): throughput on/off = "
+              f"{c['throughput_on_over_off']:.2f}x, checkout+return +"
+              f"{c['checkout_us_on_minus_off']:.2f} us")
+    out = {
+        "command": "python bench/throughput.py" + (" --quick" if args.quick else ""),
+        "environment": environment(),
+        "workers": WORKERS,
+        "pool_size": POOL,
+        "rounds": args.rounds,
+        "seconds_per_round": args.seconds,
+        "results": {n: {"qps_median": q, "checkout_return_us_median": u,
+                        "qps_runs": results[n]["qps"], "us_runs": results[n]["us"]}
+                    for n, (q, u) in med.items()},
+        "leak_detection_cost": leak_cost,
+    }
+    path = Path(__file__).resolve().parent / "results" / "throughput.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
