@@ -46,10 +46,10 @@ key and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import sys
 from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import ConfigError, ConfigFileError
@@ -308,7 +308,7 @@ def policy_from_dict(data: Mapping[str, Any], *, source: str = "<dict>") -> Poli
     return _Reader(source).policy(data)
 
 
-def load_policy(path: str | Path) -> Policy:
+def load_policy(path: str | os.PathLike[str]) -> Policy:
     """Read a TOML file (format in this module's docstring) into a :class:`Policy`.
 
     Raises:

@@ -88,12 +88,11 @@ class Daemon:
         self.guard = Guard(
             target,
             policy,
-            audit=self._audit_for(policy),
+            audit=(*policy.audit_log, *self._extra_audit),  # owned (closed) by the guard
             metrics=self.metrics,
             lock_key=lock_key,
             connect_timeout=connect_timeout,
         )
-        self.guard._own_audit = True  # the daemon's audit log goes with its guard
 
     def _audit_for(self, policy: Policy) -> AuditLog:
         return AuditLog((*policy.audit_log, *self._extra_audit))

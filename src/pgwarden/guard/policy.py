@@ -27,9 +27,10 @@ import datetime as dt
 import fnmatch
 import functools
 import ipaddress
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from ..activity.records import Session, Snapshot
 
@@ -390,6 +391,28 @@ class Policy:
         if not self.interval > 0:
             raise ValueError(f"interval must be seconds > 0, not {self.interval!r}")
         object.__setattr__(self, "interval", float(self.interval))
+
+    @classmethod
+    def from_options(cls, base: Policy | None = None, **options: Any) -> Policy:
+        """Flat keyword options, as the CLI's (see :func:`pgwarden.guard.config.make_policy`),
+        e.g. ``Policy.from_options(idle_after=300, emergency_at=0.8, emergency_target=0.7)``."""
+        from .config import make_policy
+
+        return make_policy(base, **options)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "<dict>") -> Policy:
+        """The TOML file format as a dict (see :mod:`pgwarden.guard.config`)."""
+        from .config import policy_from_dict
+
+        return policy_from_dict(data, source=source)
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike[str]) -> Policy:
+        """Read a TOML file (see :func:`pgwarden.guard.config.load_policy`)."""
+        from .config import load_policy
+
+        return load_policy(path)
 
 
 @dataclass(frozen=True, slots=True)

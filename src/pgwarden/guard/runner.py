@@ -34,7 +34,7 @@ from typing import Any, TextIO
 import psycopg
 from psycopg import sql
 
-from ..activity import Snapshot, take
+from ..activity import Session, Snapshot, take
 from ..activity.queries import load
 from ..conninfo import Target, connect, resolve, server_message
 from ..errors import PermissionMissing
@@ -77,11 +77,11 @@ class Outcome:
     outcome: str
     skip: str | None
     reason: str
-    session: Any
+    session: Session
 
     @property
     def pid(self) -> int:
-        return int(self.session.pid)
+        return self.session.pid
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,7 +327,7 @@ class Guard:
     # -- the pass -----------------------------------------------------------------------
 
     def recent_actions(self, now: float | None = None) -> int:
-        """Actions taken (or, in a dry run, planned) in the last 60 seconds."""
+        """Actions that hit in the last 60 seconds (for ``max_per_minute``)."""
         now = time.monotonic() if now is None else now
         while self._recent and self._recent[0] <= now - 60.0:
             self._recent.popleft()
@@ -439,8 +439,8 @@ class Guard:
             outcomes: list[Outcome] = []
             for a in plan.actions:
                 if not self.enforce:
+                    # not counted against max_per_minute: nothing happened
                     outcomes.append(self._outcome(a, f"would_{a.kind}", None, a.reason))
-                    self._recent.append(time.monotonic())
                 elif not leader:
                     who = f"guard backend {leader_pid}" if leader_pid else "another guard"
                     outcomes.append(self._outcome(
