@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from guard_helpers import app_params, guard_dsn, live_pids, read_audit, wait_until
 
+from pgwarden.guard import Guard, Policy
+
 pytestmark = pytest.mark.timeout(120)
 
 
@@ -116,3 +118,24 @@ def test_daemon_reloads_on_sighup_and_exits_cleanly_on_sigterm(gpg, sessions, tm
             proc.wait()
     assert proc.returncode == 0, err
     assert "stopped after" in err and "Traceback" not in err
+
+
+def test_missing_permission_exits_4_with_the_grant(gpg):
+    gpg.execute("create role nobody_special login password 'ns-pw'")
+    res = pgwarden("guard", "--once", "--dsn",
+                   gpg.conninfo(user="nobody_special", password="ns-pw"))
+    assert res.returncode == 4
+    assert "GRANT pg_monitor TO nobody_special;" in res.stderr
+    assert "ns-pw" not in res.stderr and "Traceback" not in res.stderr
+
+
+def test_once_enforce_is_standby_while_another_guard_acts(gpg, sessions):
+    [victim] = sessions.open(gpg, 1, application_name="sb-app", state="idle in transaction",
+                             **app_params())
+    with Guard(guard_dsn(gpg), Policy(rules=()), enforce=True) as holder:
+        assert holder.run_pass().leader
+        res = pgwarden("guard", "--once", "--enforce", "--dsn", guard_dsn(gpg),
+                       "--idle-in-transaction-after", "0", "--application", "sb-*")
+        assert res.returncode == 0, res.stderr
+        assert f"standby: guard backend {holder.connection.info.backend_pid}" in res.stdout
+        assert victim.info.backend_pid in live_pids(gpg)

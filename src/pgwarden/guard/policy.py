@@ -535,6 +535,10 @@ def protected(
 _STATE_WORDS = {IDLE_IN_TRANSACTION: "idle in transaction", IDLE: "idle", ACTIVE: "active"}
 
 
+def _secs(age: float) -> str:
+    return f"{age:.1f}s" if age < 10 else f"{age:.0f}s"
+
+
 def _usage(used: int, usable: int) -> float:
     return used / usable if usable else 1.0
 
@@ -601,7 +605,7 @@ def decide(
                 break
             if not guard(s, rule.name, rule.action):
                 continue
-            reason = f"{word} {age:.0f}s > {rule.after:g}s"
+            reason = f"{word} {_secs(age)} > {rule.after:g}s"
             if rule.only_above is not None:
                 reason += f" and usage {now_usage:.2f} > {rule.only_above:g}"
             chosen.append(Action(rule.action, rule.name, s, reason))
@@ -630,7 +634,7 @@ def decide(
                     "terminate",
                     EMERGENCY,
                     s,
-                    f"usage {usage:.2f} >= {em.at:g}: {s.state} {age:.0f}s, oldest first "
+                    f"usage {usage:.2f} >= {em.at:g}: {s.state} {_secs(age)}, oldest first "
                     f"to reach {em.target:g}",
                 )
             )
