@@ -394,6 +394,21 @@ def test_timeout_names_the_holders(pg: Any) -> None:
             pool.putconn(c)
 
 
+def test_callable_conninfo_and_kwargs(pg: Any) -> None:
+    calls: list[int] = []
+
+    def conninfo() -> str:
+        calls.append(1)
+        return str(pg.dsn)
+
+    with ConnectionPool(conninfo, kwargs=lambda: {"autocommit": True}, min_size=1,
+                        name="callable") as pool, pool.connection() as conn:
+        assert conn.autocommit
+        app = conn.info.parameter_status("application_name")
+        assert app is not None and app.endswith(f"-{os.getpid()}")
+    assert calls
+
+
 def test_putconn_foreign_connection(pg: Any) -> None:
     with (
         ConnectionPool(pg.dsn, min_size=1, name="p1") as pool,
@@ -406,7 +421,8 @@ def test_putconn_foreign_connection(pg: Any) -> None:
 @pytest.mark.slow
 def test_concurrency_stress(pg: Any) -> None:
     max_size = 6
-    pool = ConnectionPool(pg.dsn, min_size=2, max_size=max_size, name="stress")
+    pool = ConnectionPool(pg.conninfo(application_name="pool-stress"), min_size=2,
+                          max_size=max_size, name="stress")
     in_use: set[int] = set()
     lock = threading.Lock()
     problems: list[str] = []
@@ -439,8 +455,7 @@ def test_concurrency_stress(pg: Any) -> None:
         while time.monotonic() < stop:
             time.sleep(0.3)
             pg.execute("select pg_terminate_backend(pid) from pg_stat_activity "
-                       "where application_name like %s and random() < 0.5",
-                       (pool._defaults.get("application_name", "%") + "%",))
+                       "where application_name = 'pool-stress' and random() < 0.5")
             sizes.append(pool.get_stats()["pool_size"])
             _ = rnd
 

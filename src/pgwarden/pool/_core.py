@@ -119,6 +119,27 @@ def connection_defaults(conninfo: str, kwargs: dict[str, Any]) -> dict[str, str]
     return out
 
 
+def static_defaults(config: Config) -> dict[str, str] | None:
+    """Defaults computed once, or ``None`` when conninfo/kwargs are callables (per connect)."""
+    if not config.connection_defaults:
+        return {}
+    if callable(config.conninfo) or callable(config.kwargs):
+        return None
+    return connection_defaults(config.conninfo, config.kwargs)
+
+
+def connect_params(conninfo: str, kwargs: dict[str, Any], defaults: dict[str, str] | None,
+                   config: Config) -> dict[str, Any]:
+    """Keyword arguments for ``connect()``: ``kwargs`` plus the defaults they lack."""
+    kw = dict(kwargs)
+    if defaults is None:
+        defaults = connection_defaults(conninfo, kwargs) if config.connection_defaults else {}
+    if "application_name" in defaults:
+        defaults = {**defaults, "application_name": default_application_name()}
+    kw.update(defaults)
+    return kw
+
+
 def tx_state(conn: Any) -> str:
     try:
         return _TX_STATE.get(conn.pgconn.transaction_status, "broken")
@@ -172,8 +193,8 @@ def check_sizes(min_size: int, max_size: int | None) -> tuple[int, int]:
 class Config:
     """Validated pool settings (see :class:`pgwarden.pool.ConnectionPool` for each)."""
 
-    conninfo: str
-    kwargs: dict[str, Any]
+    conninfo: Any  # str, or a callable returning one (psycopg_pool 3.3)
+    kwargs: Any  # dict, or a callable returning one
     min_size: int
     max_size: int
     name: str
@@ -194,8 +215,8 @@ _num_pool = 0
 
 def make_config(
     *,
-    conninfo: str,
-    kwargs: dict[str, Any] | None,
+    conninfo: Any,
+    kwargs: Any,
     min_size: int,
     max_size: int | None,
     name: str | None,
@@ -212,8 +233,11 @@ def make_config(
 ) -> Config:
     global _num_pool
     min_size, max_size = check_sizes(min_size, max_size)
-    if not isinstance(conninfo, str):
-        raise ConfigError("conninfo must be a string (a postgresql:// URL or key=value pairs)")
+    if not isinstance(conninfo, str) and not callable(conninfo):
+        raise ConfigError("conninfo must be a string (a postgresql:// URL or key=value pairs) "
+                          "or a callable returning one")
+    if kwargs is not None and not isinstance(kwargs, dict) and not callable(kwargs):
+        raise ConfigError("kwargs must be a dict or a callable returning one")
     _check_seconds("timeout", timeout)
     _check_seconds("max_lifetime", max_lifetime)
     _check_seconds("max_idle", max_idle)
@@ -230,7 +254,7 @@ def make_config(
         name = f"pool-{_num_pool}"
     return Config(
         conninfo=conninfo,
-        kwargs=dict(kwargs or {}),
+        kwargs=kwargs if callable(kwargs) else dict(kwargs or {}),
         min_size=min_size,
         max_size=max_size,
         name=name,
@@ -376,6 +400,10 @@ class Core:
 
     # -- sizes ----------------------------------------------------------------------
 
+    def target(self) -> str:
+        c = self.config.conninfo
+        return redact(c) if isinstance(c, str) else "<conninfo callable>"
+
     def expire_at(self, now: float) -> float:
         """max_lifetime minus up to 10 % jitter (psycopg_pool: 5 %), so a pool filled at once
         does not expire at once."""
@@ -438,7 +466,7 @@ class Core:
             self.grow_cap = max(self.size, 1) if self.size else self.config.max_size
         elif self.failures == 1:
             logger.warning("pool %r: connection attempt failed (%s to %s); retrying",
-                           self.config.name, self.last_error, redact(self.config.conninfo))
+                           self.config.name, self.last_error, self.target())
         if (
             not self.reconnect_failed_called
             and now - self.first_failure_at >= self.config.reconnect_timeout

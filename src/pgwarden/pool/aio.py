@@ -124,10 +124,10 @@ class AsyncConnectionPool(Generic[ACT]):
 
     def __init__(
         self,
-        conninfo: str = "",
+        conninfo: str | Callable[[], Any] = "",
         *,
         connection_class: type[ACT] = cast(Any, AsyncConnection),
-        kwargs: dict[str, Any] | None = None,
+        kwargs: dict[str, Any] | Callable[[], Any] | None = None,
         min_size: int = 4,
         max_size: int | None = None,
         open: bool | None = None,
@@ -161,9 +161,7 @@ class AsyncConnectionPool(Generic[ACT]):
         self._reset = reset
         self._reconnect_failed = reconnect_failed
         self.close_returns = close_returns
-        self._defaults: dict[str, str] = {}
-        if connection_defaults:
-            self._defaults = _core.connection_defaults(conninfo, self._config.kwargs)
+        self._defaults = _core.static_defaults(self._config)
         self._opened = False
         self._closed = True
         self._init_runtime()
@@ -179,8 +177,6 @@ class AsyncConnectionPool(Generic[ACT]):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._wake: asyncio.Event | None = None
-        if "application_name" in self._defaults:
-            self._defaults["application_name"] = _core.default_application_name()
 
     # -- properties ------------------------------------------------------------------------
 
@@ -209,11 +205,11 @@ class AsyncConnectionPool(Generic[ACT]):
         return self._config.max_waiting
 
     @property
-    def conninfo(self) -> str:
+    def conninfo(self) -> Any:
         return self._config.conninfo
 
     @property
-    def kwargs(self) -> dict[str, Any]:
+    def kwargs(self) -> Any:
         return self._config.kwargs
 
     @property
@@ -598,9 +594,15 @@ class AsyncConnectionPool(Generic[ACT]):
             self._spawn(self._connect_task())
 
     async def _connect(self) -> ACT:
-        kw = dict(self._config.kwargs)
-        kw.update(self._defaults)
-        conn = await self.connection_class.connect(self._config.conninfo, **kw)
+        cfg = self._config
+        conninfo = cfg.conninfo() if callable(cfg.conninfo) else cfg.conninfo
+        if inspect.isawaitable(conninfo):
+            conninfo = await conninfo
+        kwargs = cfg.kwargs() if callable(cfg.kwargs) else cfg.kwargs
+        if inspect.isawaitable(kwargs):
+            kwargs = await kwargs
+        kw = _core.connect_params(conninfo, kwargs, self._defaults, cfg)
+        conn = await self.connection_class.connect(conninfo, **kw)
         try:
             if self._configure is not None:
                 await self._configure(conn)

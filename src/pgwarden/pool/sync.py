@@ -155,10 +155,10 @@ class ConnectionPool(Generic[CT]):
 
     def __init__(
         self,
-        conninfo: str = "",
+        conninfo: str | Callable[[], Any] = "",
         *,
         connection_class: type[CT] = cast(Any, Connection),
-        kwargs: dict[str, Any] | None = None,
+        kwargs: dict[str, Any] | Callable[[], Any] | None = None,
         min_size: int = 4,
         max_size: int | None = None,
         open: bool | None = None,
@@ -192,9 +192,7 @@ class ConnectionPool(Generic[CT]):
         self._reset = reset
         self._reconnect_failed = reconnect_failed
         self.close_returns = close_returns
-        self._defaults: dict[str, str] = {}
-        if connection_defaults:
-            self._defaults = _core.connection_defaults(conninfo, self._config.kwargs)
+        self._defaults = _core.static_defaults(self._config)
         self._lock = threading.Lock()
         self._opened = False
         self._closed = True
@@ -211,8 +209,6 @@ class ConnectionPool(Generic[CT]):
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        if "application_name" in self._defaults:
-            self._defaults["application_name"] = _core.default_application_name()
 
     # -- properties -------------------------------------------------------------------
 
@@ -241,11 +237,11 @@ class ConnectionPool(Generic[CT]):
         return self._config.max_waiting
 
     @property
-    def conninfo(self) -> str:
+    def conninfo(self) -> Any:
         return self._config.conninfo
 
     @property
-    def kwargs(self) -> dict[str, Any]:
+    def kwargs(self) -> Any:
         return self._config.kwargs
 
     @property
@@ -669,9 +665,11 @@ class ConnectionPool(Generic[CT]):
             self._tasks.put(1)
 
     def _connect(self) -> CT:
-        kw = dict(self._config.kwargs)
-        kw.update(self._defaults)
-        conn = self.connection_class.connect(self._config.conninfo, **kw)
+        cfg = self._config
+        conninfo = cfg.conninfo() if callable(cfg.conninfo) else cfg.conninfo
+        kwargs = cfg.kwargs() if callable(cfg.kwargs) else cfg.kwargs
+        kw = _core.connect_params(conninfo, kwargs, self._defaults, cfg)
+        conn = self.connection_class.connect(conninfo, **kw)
         try:
             if self._configure is not None:
                 self._configure(conn)
