@@ -140,7 +140,9 @@ class AuditLog:
 
 
 def now_iso() -> str:
+    """Now, as the audit log's ``time`` (ISO 8601 UTC, milliseconds, ``Z``)."""
     return _iso(dt.datetime.now(dt.timezone.utc)) or ""
 
 
+#: A datetime as the audit log writes it (ISO 8601 UTC, milliseconds, ``Z``); None stays None.
 iso = _iso

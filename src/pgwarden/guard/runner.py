@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import datetime as dt
 import logging
 import re
 import time
@@ -533,7 +532,3 @@ class Guard:
         if state_change != a.state_change:
             return "state_changed", f"session was used since it was chosen (still {state!r})"
         return "state_changed", "session changed while being acted on"
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
