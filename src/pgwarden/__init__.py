@@ -17,11 +17,17 @@ from .errors import (
     TooManyRequests,
 )
 
+from .guard import Guard, PassResult
+from .guard import Policy as GuardPolicy
+
 __version__ = "0.1.0"
 
 __all__ = [
     "ConfigError",
     "ConnectError",
+    "Guard",
+    "GuardPolicy",
+    "PassResult",
     "PgwardenError",
     "PoolClosed",
     "PoolError",

@@ -24,6 +24,7 @@ import click
 import psycopg
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 
 from . import activity
 from .conninfo import resolve, server_message
@@ -31,6 +32,7 @@ from .doctor.report import render_report
 from .doctor.rules import Thresholds
 from .doctor.run import examine
 from .embedded import EmbeddedPostgres
+from .guard import Guard, Policy
 
 __all__ = ["Demo", "demo"]
 
@@ -172,7 +174,35 @@ class Demo:
                     if f.severity != "info" and f.id != "saturation" for a in f.applications}
         c.print(f"\n[bold]doctor status {report.status}[/]; applications named: "
                 f"{', '.join(sorted(culprits))}")
+        self.guard()
         return 0
+
+    def guard(self) -> None:
+        """One enforcing guard pass, then the server's usage and the bot again."""
+        c = self.console
+        c.rule("[bold]pgwarden guard --once --enforce  [dim](idle > 2 s)")
+        policy = Policy.from_options(idle_in_transaction_after=2.0, idle_after=2.0,
+                                     emergency_at=0.8, emergency_target=0.5,
+                                     emergency_min_idle=2.0, max_per_pass=20)
+        with Guard(self.pg.url, policy, enforce=True, audit=[]) as guard:
+            result = guard.run_pass()
+        table = Table(show_edge=False, pad_edge=False)
+        for col in ("pid", "application", "state", "rule", "outcome"):
+            table.add_column(col)
+        for o in result.outcomes:
+            if o.outcome in ("terminated", "cancelled", "failed"):
+                table.add_row(str(o.pid), escape(o.session.label), o.session.state or "?",
+                              o.rule, o.outcome)
+        c.print(table)
+        c.print(f"terminated {len(result.terminated_pids)} sessions; protected and recent "
+                "sessions untouched (superusers, pgwarden-*, psql, pg_dump, walsenders)")
+        with self.lock:
+            ok_before = self.bot_ok
+        time.sleep(1.0)
+        with self.lock:
+            served = self.bot_ok - ok_before
+        c.print(f"\n[bold]server:[/] {self.usage()}; bot served {served} requests in the last "
+                "second [green](recovered)[/]" if served else "")
 
     def close(self) -> None:
         self.stop.set()
