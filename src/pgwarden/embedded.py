@@ -47,7 +47,7 @@ from psycopg.conninfo import make_conninfo
 
 from .errors import EmbeddedError
 
-__all__ = ["EmbeddedPostgres", "find_bin_dir"]
+__all__ = ["EmbeddedPostgres", "embedded_cluster", "find_bin_dir", "pgserver_bin_dir"]
 
 logger = logging.getLogger("pgwarden.embedded")
 
@@ -114,6 +114,16 @@ def find_bin_dir() -> Path:
         "no PostgreSQL binaries found: install PostgreSQL (e.g. apt-get install postgresql) "
         'or the embedded extra (pip install "pgwarden[embedded]")'
     )
+
+
+def pgserver_bin_dir() -> Path | None:
+    """The ``pgserver`` wheel's PostgreSQL binaries (PostgreSQL 16), or ``None``."""
+    try:
+        import pgserver  # noqa: PLC0415
+    except ImportError:
+        return None
+    wheel_bin = Path(pgserver.__file__).parent / "pginstall" / "bin"
+    return wheel_bin if (wheel_bin / "postgres").exists() else None
 
 
 def _free_port() -> int:

@@ -13,7 +13,7 @@ import pytest
 
 from pgwarden.conninfo import resolve
 from pgwarden.doctor import Report, Thresholds, examine
-from pgwarden.embedded import EmbeddedPostgres
+from pgwarden.embedded import EmbeddedPostgres, pgserver_bin_dir
 
 from ..conftest import Sessions
 
@@ -209,3 +209,28 @@ def test_non_superuser_without_pg_monitor_says_what_it_cannot_see(
     seeing = doctor(small, user="watcher", password="watchpw")
     assert "limited_visibility" not in ids(seeing)
     assert only(seeing, "idle_in_transaction", "secretive").evidence["sessions"] == 3
+
+
+def test_pg16_reserved_connections_let_a_granted_role_in(
+    make_cluster: Callable[..., EmbeddedPostgres], sessions: Sessions
+) -> None:
+    """PostgreSQL 16's reserved_connections: a role granted pg_use_reserved_connections gets in
+    when the server is full for everyone else, and the doctor counts those slots as reserved."""
+    bin_dir = pgserver_bin_dir()
+    if bin_dir is None:
+        pytest.skip("needs the pgserver wheel's PostgreSQL 16 (pip install pgserver)")
+    pg16 = make_cluster(bin_dir=bin_dir, max_connections=10,
+                        settings={"reserved_connections": 2})
+    if pg16.execute("show server_version_num")[0][0] < "160000":
+        pytest.skip("reserved_connections needs PostgreSQL 16")
+    pg16.execute("create role plain login password 'plainpw'")
+    pg16.execute("create role ops login password 'opspw'")
+    pg16.execute("grant pg_monitor, pg_use_reserved_connections to ops")
+    sessions.open(pg16, 5, application_name="hog", user="plain", password="plainpw")
+    assert only(doctor(pg16, user="plain", password="plainpw"), "server_full")
+    report = doctor(pg16, user="ops", password="opspw")
+    f = only(report, "saturation")
+    assert f.severity == "critical"
+    assert f.evidence["usable_slots"] == 5  # 10 - 3 superuser - 2 reserved
+    assert f.evidence["reserved_connections"] == 2
+    assert report.server["role"] == "ops"
