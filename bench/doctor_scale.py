@@ -18,35 +18,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
+from _common import median_ms, open_sessions
 from pgwarden import activity
 from pgwarden.doctor import Thresholds, evaluate
 from pgwarden.embedded import EmbeddedPostgres
-
-
-def _open(pg: EmbeddedPostgres, n: int, i0: int) -> list[psycopg.Connection[Any]]:
-    def one(i: int) -> psycopg.Connection[Any]:
-        return psycopg.connect(pg.conninfo(application_name=f"svc-{i % 7}"), autocommit=True)
-
-    with ThreadPoolExecutor(8) as ex:
-        return list(ex.map(one, range(i0, i0 + n)))
-
-
-def _median_ms(fn: Any, runs: int) -> tuple[float, Any]:
-    times, result = [], None
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        result = fn()
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times), result
 
 
 def main() -> int:
@@ -61,13 +43,13 @@ def main() -> int:
         with psycopg.connect(pg.conninfo(application_name="pgwarden-bench"),
                              autocommit=True) as conn:
             for n in sizes:
-                held += _open(pg, n - len(held), len(held))
+                held += open_sessions(pg, n - len(held), len(held))
                 time.sleep(0.2)
-                base_ms, _ = _median_ms(
+                base_ms, _ = median_ms(
                     lambda: conn.execute(b"select * from pg_stat_activity").fetchall(), args.runs)
-                snap_ms, snap = _median_ms(lambda: activity.take(conn), args.runs)
-                rules_ms, findings = _median_ms(lambda: evaluate(snap, Thresholds()), args.runs)
-                total_ms, _ = _median_ms(
+                snap_ms, snap = median_ms(lambda: activity.take(conn), args.runs)
+                rules_ms, findings = median_ms(lambda s=snap: evaluate(s, Thresholds()), args.runs)
+                total_ms, _ = median_ms(
                     lambda: evaluate(activity.take(conn), Thresholds()), args.runs)
                 assert len(snap.client_backends) >= n, (len(snap.client_backends), n)
                 rows.append({"sessions": n, "baseline_ms": round(base_ms, 2),

@@ -24,15 +24,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
+from _common import median_ms, open_sessions
 from pgwarden import activity
 from pgwarden.embedded import EmbeddedPostgres
 from pgwarden.guard import Emergency, Guard, Policy, Rule, Scope, decide
@@ -48,25 +47,6 @@ POLICY = Policy(
 
 SCRIPT_SQL = (b"select pid, usename, application_name, state, state_change "
               b"from pg_stat_activity where backend_type = 'client backend'")
-
-
-def _open(pg: EmbeddedPostgres, n: int, i0: int) -> list[psycopg.Connection[Any]]:
-    def one(i: int) -> psycopg.Connection[Any]:
-        return psycopg.connect(pg.conninfo(user="app", password="app",
-                                           application_name=f"svc-{i % 7}"), autocommit=True)
-
-    with ThreadPoolExecutor(4) as ex:
-        return list(ex.map(one, range(i0, i0 + n)))
-
-
-def _median_ms(fn: Any, runs: int) -> tuple[float, Any]:
-    times, result = [], None
-    fn()  # warm-up (query plans, caches)
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        result = fn()
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times), result
 
 
 def main() -> int:
@@ -87,13 +67,13 @@ def main() -> int:
                 if time.monotonic() > deadline:
                     print("bench: out of time", file=sys.stderr)
                     break
-                held += _open(pg, n - len(held), len(held))
+                held += open_sessions(pg, n - len(held), len(held), threads=4, user="app", password="app")
                 time.sleep(0.2)
-                script_ms, _ = _median_ms(lambda: conn.execute(SCRIPT_SQL).fetchall(), args.runs)
-                snap_ms, snap = _median_ms(lambda: activity.take(conn), args.runs)
-                policy_ms, plan = _median_ms(lambda s=snap: decide(s, POLICY), args.runs)
-                pass_ms, _ = _median_ms(lambda: decide(activity.take(conn), POLICY), args.runs)
-                run_ms, result = _median_ms(guard.run_pass, args.runs)
+                script_ms, _ = median_ms(lambda: conn.execute(SCRIPT_SQL).fetchall(), args.runs)
+                snap_ms, snap = median_ms(lambda: activity.take(conn), args.runs)
+                policy_ms, plan = median_ms(lambda s=snap: decide(s, POLICY), args.runs)
+                pass_ms, _ = median_ms(lambda: decide(activity.take(conn), POLICY), args.runs)
+                run_ms, result = median_ms(guard.run_pass, args.runs)
                 assert len(snap.client_backends) >= n, (len(snap.client_backends), n)
                 assert plan.candidates >= n and not result.enforce
                 rows.append({"sessions": n, "script_ms": round(script_ms, 2),
