@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import statistics
 import sys
 import threading
@@ -103,8 +104,8 @@ def sync_contenders(pg: EmbeddedPostgres) -> dict[str, Callable[[], Any]]:
     }
 
 
-def run_sync(make: Callable[[], Any], seconds: float, pairs: int) -> tuple[float, float]:
-    query, pair, close = make()
+def run_sync(make: Callable[[], Any], seconds: float) -> float:
+    query, _pair, close = make()
     try:
         for _ in range(200):
             query()
@@ -127,16 +128,35 @@ def run_sync(make: Callable[[], Any], seconds: float, pairs: int) -> tuple[float
         start.wait()
         for t in threads:
             t.join()
-        qps = sum(counts) / (time.perf_counter() - t0)
-        for _ in range(1000):
-            pair()
-        t0 = time.perf_counter()
-        for _ in range(pairs):
-            pair()
-        us = (time.perf_counter() - t0) / pairs * 1e6
-        return qps, us
+        return sum(counts) / (time.perf_counter() - t0)
     finally:
         close()
+
+
+def pairs_sync(makers: dict[str, Callable[[], Any]], chunks: int, chunk: int
+               ) -> dict[str, list[float]]:
+    """Uncontended checkout+return, all pools open at once, chunks interleaved in shuffled
+    order so that machine noise hits every contender alike. Microseconds per pair."""
+    opened = {name: make() for name, make in makers.items()}
+    out: dict[str, list[float]] = {name: [] for name in makers}
+    try:
+        for _, pair, _ in opened.values():
+            for _ in range(1000):
+                pair()
+        rnd = random.Random(0)
+        for _ in range(chunks):
+            order = list(opened)
+            rnd.shuffle(order)
+            for name in order:
+                pair = opened[name][1]
+                t0 = time.perf_counter()
+                for _ in range(chunk):
+                    pair()
+                out[name].append((time.perf_counter() - t0) / chunk * 1e6)
+    finally:
+        for _, _, close in opened.values():
+            close()
+    return out
 
 
 # -- async contenders --------------------------------------------------------------------------
@@ -188,9 +208,9 @@ ASYNC_NAMES = ["pgwarden async (leak on)", "pgwarden async (leak off)", "psycopg
                "asyncpg pool"]
 
 
-def run_async(name: str, pg: EmbeddedPostgres, seconds: float, pairs: int) -> tuple[float, float]:
-    async def main() -> tuple[float, float]:
-        query, pair, close = await async_make(name, pg)
+def run_async(name: str, pg: EmbeddedPostgres, seconds: float) -> float:
+    async def main() -> float:
+        query, _pair, close = await async_make(name, pg)
         try:
             for _ in range(200):
                 await query()
@@ -206,16 +226,37 @@ def run_async(name: str, pg: EmbeddedPostgres, seconds: float, pairs: int) -> tu
 
             t0 = time.perf_counter()
             await asyncio.gather(*(worker(i) for i in range(WORKERS)))
-            qps = sum(counts) / (time.perf_counter() - t0)
-            for _ in range(1000):
-                await pair()
-            t0 = time.perf_counter()
-            for _ in range(pairs):
-                await pair()
-            us = (time.perf_counter() - t0) / pairs * 1e6
-            return qps, us
+            return sum(counts) / (time.perf_counter() - t0)
         finally:
             await close()
+
+    return asyncio.run(main())
+
+
+def pairs_async(pg: EmbeddedPostgres, chunks: int, chunk: int) -> dict[str, list[float]]:
+    """As :func:`pairs_sync`, for the asyncio pools (one event loop)."""
+    async def main() -> dict[str, list[float]]:
+        opened = {name: await async_make(name, pg) for name in ASYNC_NAMES}
+        out: dict[str, list[float]] = {name: [] for name in ASYNC_NAMES}
+        try:
+            for _, pair, _ in opened.values():
+                for _ in range(200):
+                    await pair()
+            rnd = random.Random(0)
+            for _ in range(chunks):
+                order = list(opened)
+                rnd.shuffle(order)
+                for name in order:
+                    pair = opened[name][1]
+                    n = chunk // 10 if name == "asyncpg pool" else chunk
+                    t0 = time.perf_counter()
+                    for _ in range(n):
+                        await pair()
+                    out[name].append((time.perf_counter() - t0) / n * 1e6)
+        finally:
+            for _, _, close in opened.values():
+                await close()
+        return out
 
     return asyncio.run(main())
 
@@ -225,7 +266,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="1 round of 1 s")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=2.0)
-    ap.add_argument("--pairs", type=int, default=20000)
+    ap.add_argument("--pairs", type=int, default=30000, help="checkout+return pairs per pool")
     args = ap.parse_args()
     if args.quick:
         args.rounds, args.seconds, args.pairs = 1, 1.0, 5000
@@ -235,17 +276,17 @@ def main() -> int:
         sync = sync_contenders(pg)
         for rnd in range(args.rounds):
             for name, make in sync.items():
-                qps, us = run_sync(make, args.seconds, args.pairs)
-                r = results.setdefault(name, {"qps": [], "us": []})
-                r["qps"].append(qps)
-                r["us"].append(us)
-                print(f"round {rnd + 1}: {name}: {qps:,.0f} q/s, {us:.2f} us", file=sys.stderr)
+                qps = run_sync(make, args.seconds)
+                results.setdefault(name, {"qps": [], "us": []})["qps"].append(qps)
+                print(f"round {rnd + 1}: {name}: {qps:,.0f} q/s", file=sys.stderr)
             for name in ASYNC_NAMES:
-                qps, us = run_async(name, pg, args.seconds, args.pairs)
-                r = results.setdefault(name, {"qps": [], "us": []})
-                r["qps"].append(qps)
-                r["us"].append(us)
-                print(f"round {rnd + 1}: {name}: {qps:,.0f} q/s, {us:.2f} us", file=sys.stderr)
+                qps = run_async(name, pg, args.seconds)
+                results.setdefault(name, {"qps": [], "us": []})["qps"].append(qps)
+                print(f"round {rnd + 1}: {name}: {qps:,.0f} q/s", file=sys.stderr)
+        chunks = max(5, args.pairs // 1000)
+        for name, us in {**pairs_sync(sync, chunks, 1000), **pairs_async(pg, chunks, 1000)}.items():
+            results[name]["us"] = us
+            print(f"checkout+return: {name}: {statistics.median(us):.2f} us", file=sys.stderr)
 
     med = {n: (statistics.median(r["qps"]), statistics.median(r["us"]))
            for n, r in results.items()}
@@ -256,7 +297,9 @@ def main() -> int:
         rq, ru = ref[kind]
         rows.append([name, f"{qps:,.0f}", f"{qps / rq:.2f}x", f"{us:.2f}", f"{us / ru:.2f}x"])
     print(f"\nSELECT 1 with {WORKERS} workers on a pool of {POOL}; uncontended checkout+return "
-          f"(median of {args.rounds} rounds; ratios vs psycopg_pool of the same kind)\n")
+          f"(throughput: median of {args.rounds} rounds of {args.seconds:g} s; checkout+return: "
+          "median of interleaved chunks of 1000 pairs; ratios vs psycopg_pool of the same "
+          "kind)\n")
     print_table(["pool", "queries/s", "vs psycopg_pool", "checkout+return us",
                  "vs psycopg_pool"], rows)
     leak_cost = {

@@ -27,7 +27,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from ..conninfo import redact
 from ..errors import ConfigError, PoolTimeout
-from .holders import Holder, RawStack, format_location, summarize
+from .holders import Holder, RawStack, format_location, holder_name, summarize
 
 logger = logging.getLogger("pgwarden.pool")
 
@@ -299,7 +299,7 @@ class Slot:
         self.expire_at = expire_at
         self.last_used = now
         self.out_at = 0.0
-        self.holder = ""
+        self.holder: str | int = ""  # task name, or thread ident (named when reported)
         self.stack: RawStack = ()
         self.leak_reported = False
         self.out = False
@@ -352,14 +352,14 @@ class Stats:
     def __init__(self) -> None:
         self.requests_num = 0
         self.requests_queued = 0
-        self.requests_wait_ms = 0
+        self.requests_wait_ms: float = 0
         self.requests_errors = 0
         self.returns_bad = 0
         self.connections_num = 0
-        self.connections_ms = 0
+        self.connections_ms: float = 0
         self.connections_errors = 0
         self.connections_lost = 0
-        self.usage_ms = 0
+        self.usage_ms: float = 0
         self.leaks_detected = 0
         self.leaks_unleaked = 0
         self.connections_reclaimed = 0
@@ -485,7 +485,7 @@ class Core:
         self.reconnect_failed_called = False
         self.grow_cap = self.config.max_size
         self.stats.connections_num += 1
-        self.stats.connections_ms += int(elapsed * 1000)
+        self.stats.connections_ms += elapsed * 1000.0
         self.size += 1
         slot = Slot(conn, self.gen, now, self.expire_at(now))
         self.slots.add(slot)
@@ -511,7 +511,7 @@ class Core:
         logger.info("pool %r: %s; validating the %d idle connections opened before it",
                     self.config.name, why, len(self.idle))
 
-    def take_out(self, slot: Slot, now: float, holder: str, stack: RawStack) -> None:
+    def take_out(self, slot: Slot, now: float, holder: str | int, stack: RawStack) -> None:
         slot.out = True
         slot.out_at = now
         slot.holder = holder
@@ -523,7 +523,7 @@ class Core:
         """Bookkeeping of a return; True if it had been reported as a leak."""
         slot.out = False
         slot.last_used = now
-        self.stats.usage_ms += int((now - slot.out_at) * 1000)
+        self.stats.usage_ms += (now - slot.out_at) * 1000.0
         if slot.leak_reported:
             self.stats.leaks_unleaked += 1
             return True
@@ -596,7 +596,7 @@ class Core:
         return Holder(
             pool=self.config.name,
             pid=slot.pid,
-            holder=slot.holder,
+            holder=holder_name(slot.holder),
             started_at=wall - (now - slot.out_at),
             held_for=now - slot.out_at,
             transaction_state=tx_state(conn) if conn is not None else "broken",
@@ -784,7 +784,7 @@ def return_verdict(conn: Any, status: int) -> str | None:
 def log_rollback(pool_name: str, slot: Slot, conn: Any) -> None:
     logger.warning(
         "pool %r: connection pid %d returned inside a transaction (%s) by %s at %s; "
-        "rolling back", pool_name, slot.pid, tx_state(conn), slot.holder,
+        "rolling back", pool_name, slot.pid, tx_state(conn), holder_name(slot.holder),
         format_location(slot.stack))
 
 
@@ -798,7 +798,7 @@ def log_leak(pool_name: str, h: Holder) -> None:
 
 def log_unleaked(pool_name: str, slot: Slot, now: float) -> None:
     logger.info("pool %r: previously reported leak returned (unleaked): pid %d held %.1f s "
-                "by %s at %s", pool_name, slot.pid, now - slot.out_at, slot.holder,
+                "by %s at %s", pool_name, slot.pid, now - slot.out_at, holder_name(slot.holder),
                 format_location(slot.stack))
 
 
@@ -806,7 +806,7 @@ def log_reclaimed(pool_name: str, slot: Slot) -> None:
     logger.warning(
         "pool %r: connection pid %d was garbage-collected without being returned "
         "(checked out by %s at %s); reclaimed its slot. Checkout stack (most recent "
-        "call last):\n%s", pool_name, slot.pid, slot.holder,
+        "call last):\n%s", pool_name, slot.pid, holder_name(slot.holder),
         format_location(slot.stack), "".join(summarize(slot.stack).format()))
 
 

@@ -412,7 +412,7 @@ class AsyncConnectionPool(Generic[ACT]):
                     core.waiters.remove(w)
                 t = _monotonic()
                 core.stats.requests_errors += 1
-                core.stats.requests_wait_ms += int((t - w.since) * 1000)
+                core.stats.requests_wait_ms += (t - w.since) * 1000.0
                 fut.set_exception(core.timeout_error(timeout, t, w.since))
 
         handle = self._loop.call_at(self._loop.time() + max(0.0, deadline - _monotonic()), expire)
@@ -566,7 +566,7 @@ class AsyncConnectionPool(Generic[ACT]):
             if w.fut.done():
                 continue
             core.take_out(slot, now, w.name, w.stack)
-            core.stats.requests_wait_ms += int((now - w.since) * 1000)
+            core.stats.requests_wait_ms += (now - w.since) * 1000.0
             w.fut.set_result((slot, conn))
             return
         slot.conn = conn

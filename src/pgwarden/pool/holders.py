@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import traceback
 from dataclasses import dataclass
 from types import CodeType
 
-__all__ = ["Holder", "RawStack", "capture_stack", "format_location", "summarize"]
+__all__ = ["Holder", "RawStack", "capture_stack", "format_location", "holder_name", "summarize"]
 
 #: A captured stack: innermost first, ``(code, f_lasti)`` pairs (the bytecode offset; turned
 #: into a line number only when reported, which saves decoding the line table per checkout).
@@ -27,6 +28,14 @@ STACK_DEPTH = 8
 _POOL_DIR = os.path.dirname(os.path.abspath(__file__))
 _STDLIB = os.path.dirname(os.path.abspath(traceback.__file__))
 _SKIP_FILES = (_POOL_DIR, os.path.join(_STDLIB, "contextlib.py"))
+
+
+def holder_name(holder: str | int) -> str:
+    """A task name as is; a thread ident as the thread's name (``thread <ident>`` if it ended)."""
+    if isinstance(holder, str):
+        return holder
+    t = threading._active.get(holder)  # type: ignore[attr-defined]
+    return t.name if t is not None else f"thread {holder}"
 
 
 def capture_stack(skip: int = 2, depth: int = STACK_DEPTH) -> RawStack:

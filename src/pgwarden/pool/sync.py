@@ -31,7 +31,7 @@ _getframe = sys._getframe
 #: incremented in every child after fork(); pools compare it instead of calling getpid()
 _fork_epoch = [0]
 _getpid = os.getpid
-_current_thread = threading.current_thread
+_get_ident = threading.get_ident
 
 _live_pools: weakref.WeakSet[ConnectionPool[Any]] = weakref.WeakSet()
 
@@ -39,7 +39,7 @@ _live_pools: weakref.WeakSet[ConnectionPool[Any]] = weakref.WeakSet()
 class _Waiter:
     __slots__ = ("conn", "error", "lock", "name", "since", "slot", "stack")
 
-    def __init__(self, name: str, stack: Any, since: float) -> None:
+    def __init__(self, name: str | int, stack: Any, since: float) -> None:
         self.lock = threading.Lock()
         self.lock.acquire()
         self.slot: Slot | None = None
@@ -61,7 +61,7 @@ class _ConnectionCM(Generic[CT]):
         self.timeout = timeout
 
     def __enter__(self) -> CT:
-        self.conn = self.pool._getconn(self.timeout)
+        self.conn = self.pool.getconn(self.timeout, 2)
         return self.conn
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
@@ -92,7 +92,7 @@ class _TransactionCM(Generic[CT]):
         self.timeout = timeout
 
     def __enter__(self) -> CT:
-        self.conn = self.pool._getconn(self.timeout)
+        self.conn = self.pool.getconn(self.timeout, 2)
         try:
             self.tx = self.conn.transaction()
             self.tx.__enter__()
@@ -407,7 +407,7 @@ class ConnectionPool(Generic[CT]):
         rolls back on any exception (``KeyboardInterrupt`` included)."""
         return _TransactionCM(self, timeout)
 
-    def getconn(self, timeout: float | None = None) -> CT:
+    def getconn(self, timeout: float | None = None, _skip: int = 1) -> CT:
         """Check out a connection; you must :meth:`putconn` it (prefer :meth:`connection`).
 
         Raises:
@@ -416,16 +416,15 @@ class ConnectionPool(Generic[CT]):
             PoolClosed: the pool is closed.
             TooManyRequests: ``max_waiting`` callers are already waiting.
         """
-        return self._getconn(timeout)
-
-    def _getconn(self, timeout: float | None) -> CT:
+        # (one function, not a wrapper: this is the hot path; _skip tells the stack capture
+        # how many pool frames sit between it and the application)
         if self._epoch != _fork_epoch[0]:
             self._after_fork()
         core = self._core
         if self._config.leak_threshold:
             # inline capture_stack(): the caller's frames as (code, lasti), formatted on report
             stack: Any = []
-            f: Any = _getframe(2)
+            f: Any = _getframe(_skip)
             depth = STACK_DEPTH
             while f is not None and depth:
                 stack.append((f.f_code, f.f_lasti))
@@ -433,7 +432,7 @@ class ConnectionPool(Generic[CT]):
                 depth -= 1
         else:
             stack = ()
-        name = _current_thread().name
+        name = _get_ident()  # the thread's name is looked up when reported
         now = _monotonic()
         if timeout is None:
             timeout = self._config.timeout
@@ -447,7 +446,13 @@ class ConnectionPool(Generic[CT]):
                 if core.idle:
                     slot = core.idle.pop()
                     conn = cast(CT, slot.conn)
-                    core.take_out(slot, now, name, stack)
+                    # Core.take_out, inlined (hot path)
+                    slot.out = True
+                    slot.out_at = now
+                    slot.holder = name
+                    slot.stack = stack
+                    slot.leak_reported = False
+                    slot.conn = None
                 else:
                     cfg = self._config
                     if cfg.max_waiting and len(core.waiters) >= cfg.max_waiting:
@@ -497,7 +502,7 @@ class ConnectionPool(Generic[CT]):
                         core.waiters.remove(w)
                     core.stats.requests_errors += 1
                     now = _monotonic()
-                    core.stats.requests_wait_ms += int((now - w.since) * 1000)
+                    core.stats.requests_wait_ms += (now - w.since) * 1000.0
                     raise core.timeout_error(timeout, now, w.since)
         if w.error is not None:
             raise w.error
@@ -569,7 +574,7 @@ class ConnectionPool(Generic[CT]):
             slot: Slot | None = conn._pgw_slot  # type: ignore[attr-defined]
         except AttributeError:
             slot = None
-        if slot is None or cast(Any, conn._pool) is not self:
+        if slot is None or conn._pool is not self:  # type: ignore[comparison-overlap]
             pool = getattr(conn, "_pool", None)
             where = (f"it comes from pool {pool.name!r}" if pool is not None
                      else "it doesn't come from any pool")
@@ -596,10 +601,26 @@ class ConnectionPool(Generic[CT]):
         now = _monotonic()
         n = 0
         with self._lock:
-            unleaked = core.returned(slot, now)
-            keep = bad is None and not self._closed and core.reusable(slot, now)
+            # Core.returned and Core.reusable, inlined (hot path)
+            slot.out = False
+            slot.last_used = now
+            core.stats.usage_ms += (now - slot.out_at) * 1000.0
+            unleaked = slot.leak_reported
+            if unleaked:
+                core.stats.leaks_unleaked += 1
+            keep = (
+                bad is None
+                and not self._closed
+                and slot.gen >= core.drain_gen
+                and slot.expire_at > now
+                and core.size <= self._config.max_size
+            )
             if keep:
-                self._add_locked(slot, conn, now)
+                if core.waiters:
+                    self._add_locked(slot, conn, now)
+                else:
+                    slot.conn = conn
+                    core.idle.append(slot)
             else:
                 if bad is not None:
                     core.stats.returns_bad += 1
@@ -634,7 +655,7 @@ class ConnectionPool(Generic[CT]):
         if core.waiters:
             w = core.waiters.popleft()
             core.take_out(slot, now, w.name, w.stack)
-            core.stats.requests_wait_ms += int((now - w.since) * 1000)
+            core.stats.requests_wait_ms += (now - w.since) * 1000.0
             w.conn = conn
             w.slot = slot
             w.lock.release()
