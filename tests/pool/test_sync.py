@@ -498,3 +498,16 @@ def test_get_pool_is_one_per_process(pg: Any) -> None:
     finally:
         close_all()
     assert a.closed
+
+
+def test_check_finds_dead_idle_connections(pg: Any) -> None:
+    with ConnectionPool(pg.dsn, min_size=3, name="chk") as pool:
+        pool.wait(10)
+        pids = _all_pids(pool, 3)
+        pg.execute("select pg_terminate_backend(pid) from unnest(%s::int[]) as pid", (pids,))
+        time.sleep(0.1)
+        pool.check()
+        st = pool.get_stats()
+        assert st["connections_lost"] == 3 and st["validations_failed"] == 3
+        pool.wait(10)
+        assert not set(_all_pids(pool, 3)) & set(pids)

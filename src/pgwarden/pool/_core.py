@@ -501,6 +501,12 @@ class Core:
         than the last detected disconnect)."""
         return slot.gen < self.gen or now - slot.last_used > self.config.validation_window
 
+    def validation_failed(self, slot: Slot, why: str) -> None:
+        """A connection failed validation (checkout or ``check()``): it was lost while idle."""
+        self.stats.validations_failed += 1
+        self.stats.connections_lost += 1
+        self.disconnect_detected(slot, why)
+
     def disconnect_detected(self, slot: Slot | None, why: str) -> None:
         """First sign of a disconnect: the whole older generation of idle connections must be
         validated before use (they are discarded on checkout if dead)."""
@@ -582,7 +588,6 @@ class Core:
                 slot.out = False
                 self.discard(slot)
                 self.stats.connections_reclaimed += 1
-                self.stats.connections_lost += 1
                 found.append(slot)
         return found
 

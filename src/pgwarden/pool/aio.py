@@ -445,8 +445,7 @@ class AsyncConnectionPool(Generic[ACT]):
             raise
         except Exception as exc:
             reason = f"validation failed: {_core._first_line(exc)}"
-        core.stats.validations_failed += 1
-        core.disconnect_detected(slot, f"stale connection pid {slot.pid} ({reason})")
+        core.validation_failed(slot, f"stale connection pid {slot.pid} ({reason})")
         logger.info("pool %r: discarding stale connection pid %d: %s", self.name, slot.pid,
                     reason)
         await self._discard(slot, conn)
@@ -721,6 +720,7 @@ class AsyncConnectionPool(Generic[ACT]):
                 await self._probe(slot.conn.pgconn)
             except Exception as exc:
                 logger.info("pool %r: check discarded pid %d: %s", self.name, slot.pid, exc)
+                core.validation_failed(slot, f"check() found pid {slot.pid} dead")
                 await self._discard(slot, slot.conn)
             else:
                 self._add(slot, slot.conn, _monotonic())

@@ -466,7 +466,8 @@ class ConnectionPool(Generic[CT]):
                     w = _Waiter(name, stack, now)
                     core.waiters.append(w)
                     core.stats.requests_queued += 1
-                    n = core.to_start(now)
+                    n = (core.to_start(now)
+                         if core.size + core.connecting < cfg.max_size else 0)
                     if core.failures:
                         self._wake.set()
             if w is not None:
@@ -530,8 +531,7 @@ class ConnectionPool(Generic[CT]):
                     raise
                 reason = f"validation failed: {_core._first_line(exc)}"
         with self._lock:
-            core.stats.validations_failed += 1
-            core.disconnect_detected(slot, f"stale connection pid {slot.pid} ({reason})")
+            core.validation_failed(slot, f"stale connection pid {slot.pid} ({reason})")
         logger.info("pool %r: discarding stale connection pid %d: %s", self.name, slot.pid,
                     reason)
         self._discard(slot, conn)
@@ -821,6 +821,8 @@ class ConnectionPool(Generic[CT]):
                 good.append(slot)
             except Exception as exc:
                 logger.info("pool %r: check discarded pid %d: %s", self.name, slot.pid, exc)
+                with self._lock:
+                    self._core.validation_failed(slot, f"check() found pid {slot.pid} dead")
                 self._discard(slot, slot.conn)
         with self._lock:
             now = _monotonic()
