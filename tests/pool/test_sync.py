@@ -511,3 +511,13 @@ def test_check_finds_dead_idle_connections(pg: Any) -> None:
         assert st["connections_lost"] == 3 and st["validations_failed"] == 3
         pool.wait(10)
         assert not set(_all_pids(pool, 3)) & set(pids)
+
+
+def test_max_lifetime_replaces_connections(pg: Any) -> None:
+    with ConnectionPool(pg.dsn, min_size=2, name="life", max_lifetime=0.3,
+                        leak_threshold=0.2) as pool:
+        pool.wait(10)
+        first = set(_all_pids(pool, 2))
+        # expired connections are replaced (jittered: within 10 % below max_lifetime)
+        assert wait_until(lambda: not set(_all_pids(pool, 2)) & first, 5)
+        assert pool.get_stats()["pool_size"] == 2
