@@ -779,8 +779,10 @@ def return_verdict(conn: Any, status: int) -> str | None:
     """Reset-on-return rule for a connection not idle: ``"rollback"`` when it is inside a
     transaction (rolled back with a warning naming the holder, as psycopg_pool does), else the
     reason to discard it (broken, or returned while a query runs, e.g. a cancelled task)."""
-    if status == TS.UNKNOWN or conn.closed:
-        return "broken (closed or lost)"
+    if conn.closed:
+        return "closed by its holder"
+    if status == TS.UNKNOWN:
+        return "broken (connection lost)"
     if status == TS.ACTIVE:
         return "returned while a query was running"
     return "rollback"

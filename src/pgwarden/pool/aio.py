@@ -360,10 +360,12 @@ class AsyncConnectionPool(Generic[ACT]):
         if timeout is None:
             timeout = cfg.timeout
         deadline = now + timeout
+        first = 1  # a retry after a stale connection is not a new request
         while True:
             if self._closed:
                 raise PoolClosed(f"the pool {self.name!r} is not open")
-            core.stats.requests_num += 1
+            core.stats.requests_num += first
+            first = 0
             if core.idle:
                 slot = core.idle.pop()
                 conn = cast(ACT, slot.conn)

@@ -437,12 +437,14 @@ class ConnectionPool(Generic[CT]):
         if timeout is None:
             timeout = self._config.timeout
         deadline = now + timeout
+        first = 1  # a retry after a stale connection is not a new request
         while True:
             w = None
             with self._lock:
                 if self._closed:
                     raise PoolClosed(f"the pool {self.name!r} is not open")
-                core.stats.requests_num += 1
+                core.stats.requests_num += first
+                first = 0
                 if core.idle:
                     slot = core.idle.pop()
                     conn = cast(CT, slot.conn)
