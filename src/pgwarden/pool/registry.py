@@ -54,7 +54,8 @@ def get_pool(
     Args:
         dsn: URL or conninfo; default ``$DATABASE_URL``, then libpq's environment (PG*).
         name: distinguishes several pools to one database (also the pool's name).
-        min_size: default ``$PGWARDEN_POOL_MIN_SIZE``, else 4 (psycopg_pool's default).
+        min_size: default ``$PGWARDEN_POOL_MIN_SIZE``, else 4 (psycopg_pool's default) or
+            ``max_size`` if smaller.
         max_size: default ``$PGWARDEN_POOL_MAX_SIZE``, else ``min_size``.
         timeout: checkout timeout in seconds; default ``$PGWARDEN_POOL_TIMEOUT``, else 30.
         environ: environment to read (default ``os.environ``).
@@ -80,9 +81,12 @@ def get_pool(
         if timeout is None:
             timeout = _env_number(env, ENV_TIMEOUT, float)
         kwargs: dict[str, Any] = dict(options)
-        kwargs["min_size"] = 4 if min_size is None else min_size
+        if min_size is None:
+            # psycopg_pool's default of 4, but never above an explicit max_size
+            min_size = 4 if max_size is None else min(4, max_size)
+        kwargs["min_size"] = min_size
         if max_size is not None:
-            kwargs["max_size"] = max(max_size, kwargs["min_size"]) if min_size is None else max_size
+            kwargs["max_size"] = max_size
         if timeout is not None:
             kwargs["timeout"] = timeout
         pool = ConnectionPool(conninfo, name=name, open=True, **kwargs)
