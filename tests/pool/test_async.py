@@ -50,6 +50,7 @@ async def test_api_and_stats(pg: Any) -> None:
         await pool.getconn()
 
 
+@pytest.mark.slow
 async def test_killed_idle_and_restart_without_errors(make_cluster: Any) -> None:
     cluster = make_cluster(max_connections=20)
     async with AsyncConnectionPool(cluster.dsn, min_size=3, name="arestart") as pool:
@@ -73,6 +74,7 @@ async def test_killed_idle_and_restart_without_errors(make_cluster: Any) -> None
         assert pool.get_stats()["requests_errors"] == 0
 
 
+@pytest.mark.slow
 async def test_outage_timeout_then_fast_recovery(make_cluster: Any) -> None:
     cluster = make_cluster(max_connections=20)
     loop = asyncio.get_running_loop()
@@ -201,6 +203,7 @@ async def test_max_waiting(pg: Any) -> None:
         await pool.putconn(await w)
 
 
+@pytest.mark.slow
 async def test_async_stress(pg: Any) -> None:
     max_size = 5
     async with AsyncConnectionPool(pg.dsn, min_size=1, max_size=max_size,

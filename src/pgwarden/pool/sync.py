@@ -522,7 +522,8 @@ class ConnectionPool(Generic[CT]):
             pgconn = conn.pgconn
             try:
                 if core.needs_probe(slot, now) or slot.poller.poll(0):
-                    core.stats.validations_num += 1
+                    with self._lock:
+                        core.stats.validations_num += 1
                     self._probe(pgconn)
                 if self._check is not None:
                     self._check(conn)
