@@ -14,7 +14,8 @@ successful connection attempt. For each contender and event we report the errors
 avoid: an in-flight query killed by the shutdown cannot be saved by any pool) and the delay from
 "accepting again" to the contender's first successful query (median over runs).
 
-Contenders: pgwarden ``ConnectionPool`` and ``AsyncConnectionPool`` (defaults), psycopg_pool with
+Contenders: pgwarden ``ConnectionPool`` and ``AsyncConnectionPool`` (defaults), pgwarden
+``ConnectionPool`` with ``validation_window=0`` (a round trip on every checkout), psycopg_pool with
 ``check=ConnectionPool.check_connection`` and with its defaults, SQLAlchemy ``QueuePool`` with
 ``pool_pre_ping=True`` (psycopg driver), asyncpg's pool. Pools: min 4, max 8 connections.
 
@@ -52,6 +53,7 @@ MAX_SECONDS = 900  # hard bound on a worker process's life
 
 CONTENDERS = [
     "pgwarden sync",
+    "pgwarden sync window=0",
     "pgwarden async",
     "psycopg_pool + check",
     "psycopg_pool default",
@@ -88,8 +90,11 @@ def _watch_stdin(rec: Recorder) -> None:
 def run_sync_worker(name: str, dsn: str, url: str, rec: Recorder) -> None:
     from pgwarden.pool import ConnectionPool
 
-    if name == "pgwarden sync":
-        p = ConnectionPool(dsn, min_size=4, max_size=8, timeout=ACQUIRE_TIMEOUT, name="bench")
+    if name.startswith("pgwarden sync"):
+        # "window=0": validation_window=0, a round trip on every checkout (psycopg_pool's check)
+        window = 0.0 if "window=0" in name else 2.0
+        p = ConnectionPool(dsn, min_size=4, max_size=8, timeout=ACQUIRE_TIMEOUT, name="bench",
+                           validation_window=window)
         p.wait(30)
 
         def one() -> None:
