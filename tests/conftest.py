@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -78,24 +79,18 @@ class Sessions:
 
     @staticmethod
     def _sleep(conn: psycopg.Connection[Any]) -> None:
-        try:
+        with contextlib.suppress(psycopg.Error):
             conn.execute("select pg_sleep(600)")
-        except psycopg.Error:
-            pass
 
     def pids(self, conns: list[psycopg.Connection[Any]]) -> list[int]:
         return [c.info.backend_pid for c in conns]
 
     def close(self) -> None:
         for conn in self.conns:
-            try:
+            with contextlib.suppress(Exception):
                 conn.cancel_safe(timeout=2)
-            except Exception:
-                pass
-            try:
+            with contextlib.suppress(Exception):
                 conn.close()
-            except Exception:
-                pass
         for t in self.threads:
             t.join(timeout=5)
 

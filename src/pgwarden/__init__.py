@@ -16,7 +16,6 @@ from .errors import (
     ServerFullError,
     TooManyRequests,
 )
-
 from .guard import Guard, PassResult
 from .guard import Policy as GuardPolicy
 

@@ -119,7 +119,7 @@ def find_bin_dir() -> Path:
 def pgserver_bin_dir() -> Path | None:
     """The ``pgserver`` wheel's PostgreSQL binaries (PostgreSQL 16), or ``None``."""
     try:
-        import pgserver  # noqa: PLC0415
+        import pgserver
     except ImportError:
         return None
     wheel_bin = Path(pgserver.__file__).parent / "pginstall" / "bin"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import threading
 import time
@@ -133,10 +134,8 @@ def test_lock_blocking_names_blocker(pg: EmbeddedPostgres, sessions: Sessions) -
 
 
 def _swallow(conn: psycopg.Connection[Any], sql: str) -> None:
-    try:
+    with contextlib.suppress(psycopg.Error):
         conn.execute(sql.encode())
-    except psycopg.Error:
-        pass
 
 
 def test_long_running_query(pg: EmbeddedPostgres, sessions: Sessions) -> None:
