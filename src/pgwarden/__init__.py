@@ -18,22 +18,28 @@ from .errors import (
 )
 from .guard import Guard, PassResult
 from .guard import Policy as GuardPolicy
+from .pool import AsyncConnectionPool, ConnectionPool, Holder, PoolCheckoutTimeout, get_pool
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncConnectionPool",
     "ConfigError",
     "ConnectError",
+    "ConnectionPool",
     "Guard",
     "GuardPolicy",
+    "Holder",
     "PassResult",
     "PgwardenError",
+    "PoolCheckoutTimeout",
     "PoolClosed",
     "PoolError",
     "PoolTimeout",
     "ServerFullError",
     "TooManyRequests",
     "__version__",
+    "get_pool",
     "redact",
     "resolve",
 ]

@@ -16,6 +16,7 @@ the slots by policy and the bot connects again.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from typing import Any
@@ -33,6 +34,7 @@ from .doctor.rules import Thresholds
 from .doctor.run import examine
 from .embedded import EmbeddedPostgres
 from .guard import Guard, Policy
+from .pool import ConnectionPool
 
 __all__ = ["Demo", "demo"]
 
@@ -57,6 +59,12 @@ class Demo:
         self.pg.execute("create table orders (id int primary key, total numeric)")
         self.pg.execute("insert into orders select g, g * 10 from generate_series(1, 100) g")
         self.pg.execute("grant select, update on orders to app")
+        self.failed_jobs: list[tuple[int, Any]] = []
+        self.worker_pool: ConnectionPool[Any] = ConnectionPool(
+            self.conninfo("worker"), kwargs={"autocommit": True}, min_size=0, max_size=12,
+            name="worker",
+            leak_threshold=1.0, timeout=5.0,
+        )
 
     def conninfo(self, application_name: str) -> str:
         return self.pg.conninfo(user="app", password=APP_PASSWORD,
@@ -89,18 +97,24 @@ class Demo:
             self.stop.wait(0.05)
 
     def worker(self, leaks: int) -> None:
-        leaked: list[psycopg.Connection[Any]] = []
         for job in range(leaks):
-            conn = self._connect("worker")  # pool.getconn()
-            try:
-                conn.execute("select total from orders where id = %s", (job + 1,))
-                raise ValueError("payment provider timed out")
-                # pool.putconn(conn) never runs on this path
-            except ValueError:
-                leaked.append(conn)
+            self.sync_order(job + 1)
             self.stop.wait(0.15)
         self.say("worker", f"leaked {leaks} connections: getconn() without putconn() when a job "
                  "raised", "yellow")
+        self.stop.wait(3600)
+
+    def sync_order(self, order_id: int) -> None:
+        """The bug: the error path never returns the connection (and the failed job, kept for
+        a retry, keeps a reference to it, so not even garbage collection gives it back)."""
+        conn = self.worker_pool.getconn()
+        self.failed_jobs.append((order_id, conn))
+        try:
+            conn.execute("select total from orders where id = %s", (order_id,))
+            raise ValueError("payment provider timed out")
+        except ValueError:
+            return  # pool.putconn(conn) never runs on this path
+        self.worker_pool.putconn(conn)
 
     def report_job(self) -> None:
         conn = self._connect("report-job")
@@ -141,6 +155,17 @@ class Demo:
         return f"{snap.used_slots}/{snap.usable_slots} usable slots in use ({snap.usage:.0%})"
 
     def run(self) -> int:
+        pool_log = logging.getLogger("pgwarden.pool")
+        handler = _FirstLine(self)
+        pool_log.addHandler(handler)
+        propagate, pool_log.propagate = pool_log.propagate, False
+        try:
+            return self._run()
+        finally:
+            pool_log.removeHandler(handler)
+            pool_log.propagate = propagate
+
+    def _run(self) -> int:
         c = self.console
         c.rule("[bold]pgwarden demo")
         c.print(f"PostgreSQL on 127.0.0.1:{self.pg.port}, max_connections=20 "
@@ -174,6 +199,14 @@ class Demo:
                     if f.severity != "info" and f.id != "saturation" for a in f.applications}
         c.print(f"\n[bold]doctor status {report.status}[/]; applications named: "
                 f"{', '.join(sorted(culprits))}")
+        holders = self.worker_pool.holders()
+        c.rule("[bold]inside the worker: pgwarden.ConnectionPool.holders()")
+        c.print(f"the worker's pgwarden pool knows who holds its {len(holders)} connections "
+                "(it also logged each one as a leak after leak_threshold=1 s):")
+        for h in holders[:3]:
+            c.print(f"  {escape(h.describe())}")
+        if len(holders) > 3:
+            c.print(f"  ... and {len(holders) - 3} more")
         self.guard()
         return 0
 
@@ -213,6 +246,7 @@ class Demo:
                 conn.close()
         for t in self.threads:
             t.join(timeout=5)
+        self.worker_pool.close(timeout=1.0)
         self.pg.close()
 
     def __enter__(self) -> Demo:
@@ -220,6 +254,23 @@ class Demo:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _FirstLine(logging.Handler):
+    """Shows the pool's warnings (leaks) as one line each in the demo's timeline."""
+
+    def __init__(self, d: Demo) -> None:
+        super().__init__(logging.WARNING)
+        self.demo = d
+        self.shown = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.shown += 1
+        if self.shown > 1:
+            return  # one is enough for the timeline; holders() lists them all later
+        first = record.getMessage().splitlines()[0].split(" Checkout stack")[0]
+        self.demo.say("pgwarden", first.replace("pool 'worker': ", "worker pool: ")
+                      + " (the same for each leak after it)", "magenta")
 
 
 @click.command()
