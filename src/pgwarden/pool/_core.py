@@ -689,6 +689,56 @@ class Core:
         )
 
 
+
+class PoolProperties:
+    """Configuration read-outs and ``repr`` shared by the sync and asyncio pools (one place)."""
+
+    _config: Config
+    _core: Core
+    _closed: bool
+
+    @property
+    def name(self) -> str:
+        return self._config.name
+
+    @property
+    def min_size(self) -> int:
+        return self._config.min_size
+
+    @property
+    def max_size(self) -> int:
+        return self._config.max_size
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def timeout(self) -> float:
+        return self._config.timeout
+
+    @property
+    def max_waiting(self) -> int:
+        return self._config.max_waiting
+
+    @property
+    def conninfo(self) -> Any:
+        return self._config.conninfo
+
+    @property
+    def kwargs(self) -> Any:
+        return self._config.kwargs
+
+    @property
+    def leak_threshold(self) -> float | None:
+        return self._config.leak_threshold
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        core = self._core
+        return (f"<{type(self).__module__}.{type(self).__qualname__} {self.name!r} ({state}) "
+                f"size={core.size} idle={len(core.idle)} in_use={core.size - len(core.idle)}>")
+
 class PoolCheckoutTimeout(PoolTimeout):
     """:class:`~pgwarden.errors.PoolTimeout` with the numbers that explain it.
 

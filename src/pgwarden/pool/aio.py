@@ -108,7 +108,7 @@ async def _maybe_await(value: Any) -> None:
         await value
 
 
-class AsyncConnectionPool(Generic[ACT]):
+class AsyncConnectionPool(_core.PoolProperties, Generic[ACT]):
     """The asyncio twin of :class:`~pgwarden.pool.ConnectionPool`: same parameters, rules and
     defaults; ``configure``, ``check`` and ``reset`` are ``async`` callbacks and
     ``reconnect_failed`` may be either (as psycopg_pool).
@@ -177,50 +177,6 @@ class AsyncConnectionPool(Generic[ACT]):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._wake: asyncio.Event | None = None
-
-    # -- properties ------------------------------------------------------------------------
-
-    @property
-    def name(self) -> str:
-        return self._config.name
-
-    @property
-    def min_size(self) -> int:
-        return self._config.min_size
-
-    @property
-    def max_size(self) -> int:
-        return self._config.max_size
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @property
-    def timeout(self) -> float:
-        return self._config.timeout
-
-    @property
-    def max_waiting(self) -> int:
-        return self._config.max_waiting
-
-    @property
-    def conninfo(self) -> Any:
-        return self._config.conninfo
-
-    @property
-    def kwargs(self) -> Any:
-        return self._config.kwargs
-
-    @property
-    def leak_threshold(self) -> float | None:
-        return self._config.leak_threshold
-
-    def __repr__(self) -> str:
-        state = "closed" if self._closed else "open"
-        core = self._core
-        return (f"<{type(self).__module__}.{type(self).__qualname__} {self.name!r} ({state}) "
-                f"size={core.size} idle={len(core.idle)} in_use={core.size - len(core.idle)}>")
 
     # -- lifecycle ---------------------------------------------------------------------------
 

@@ -109,7 +109,7 @@ class _TransactionCM(Generic[CT]):
             self.pool.putconn(self.conn)
 
 
-class ConnectionPool(Generic[CT]):
+class ConnectionPool(_core.PoolProperties, Generic[CT]):
     """A pool of psycopg 3 connections that names its leaks and survives restarts.
 
     Drop-in for ``psycopg_pool.ConnectionPool`` (same parameters, methods and errors); see
@@ -209,50 +209,6 @@ class ConnectionPool(Generic[CT]):
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-
-    # -- properties -------------------------------------------------------------------
-
-    @property
-    def name(self) -> str:
-        return self._config.name
-
-    @property
-    def min_size(self) -> int:
-        return self._config.min_size
-
-    @property
-    def max_size(self) -> int:
-        return self._config.max_size
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @property
-    def timeout(self) -> float:
-        return self._config.timeout
-
-    @property
-    def max_waiting(self) -> int:
-        return self._config.max_waiting
-
-    @property
-    def conninfo(self) -> Any:
-        return self._config.conninfo
-
-    @property
-    def kwargs(self) -> Any:
-        return self._config.kwargs
-
-    @property
-    def leak_threshold(self) -> float | None:
-        return self._config.leak_threshold
-
-    def __repr__(self) -> str:
-        state = "closed" if self._closed else "open"
-        core = self._core
-        return (f"<{type(self).__module__}.{type(self).__qualname__} {self.name!r} ({state}) "
-                f"size={core.size} idle={len(core.idle)} in_use={core.size - len(core.idle)}>")
 
     # -- lifecycle --------------------------------------------------------------------
 
