@@ -159,6 +159,8 @@ async def test_leak_warning_with_task_name_and_unleaked(pg: Any, caplog: Any) ->
 
         conn = await asyncio.create_task(leaky_handler(), name="handler-7")
         assert await wait_until(lambda: pool.get_stats()["leaks_detected"] == 1, 5)
+        assert await wait_until(
+            lambda: any("leak?" in r.getMessage() for r in caplog.records), 5)
         text = next(r.getMessage() for r in caplog.records if "leak?" in r.getMessage())
         assert "handler-7" in text and "leaky_handler" in text and "test_async.py" in text
         await pool.putconn(conn)

@@ -257,6 +257,9 @@ def test_leak_warning_names_the_stack_then_unleaked(pg: Any, caplog: Any) -> Non
         conn = hold_a_connection(pool)
         conn.execute("select 1")  # now idle in transaction
         assert wait_until(lambda: pool.get_stats()["leaks_detected"] == 1, 5)
+        # the maintenance thread counts the leak, then logs it outside the pool's lock
+        assert wait_until(
+            lambda: any("connection leak?" in r.getMessage() for r in caplog.records), 5)
         warn = [r for r in caplog.records if "connection leak?" in r.getMessage()]
         assert warn and warn[0].levelno == logging.WARNING
         text = warn[0].getMessage()
