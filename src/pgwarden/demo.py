@@ -213,7 +213,8 @@ class Demo:
     def guard(self) -> None:
         """One enforcing guard pass, then the server's usage and the bot again."""
         c = self.console
-        c.rule("[bold]pgwarden guard --once --enforce  [dim](idle > 2 s)")
+        c.rule("[bold]pgwarden guard --once --enforce  "
+               "[dim](idle > 2 s, idle in transaction > 2 s)")
         policy = Policy.from_options(idle_in_transaction_after=2.0, idle_after=2.0,
                                      emergency_at=0.8, emergency_target=0.5,
                                      emergency_min_idle=2.0, max_per_pass=20)

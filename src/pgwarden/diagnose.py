@@ -69,9 +69,10 @@ DIAGNOSES: tuple[Diagnosis, ...] = (
         fixes=(
             "run `pgwarden doctor` as a superuser or a role with pg_use_reserved_connections "
             "(PostgreSQL 16+) to see which applications hold the slots",
-            "free slots now: `pgwarden guard --once --enforce` (or "
+            "free slots now: `pgwarden guard --once --enforce --idle-after 600` (or "
             "SELECT pg_terminate_backend(pid) for the idle sessions doctor names)",
-            "make the sum of every pool's max_size fit the usable slots (`pgwarden budget`), "
+            "make the sum of every pool's max_size (processes x max_size, per service) fit the "
+            "usable slots, "
             "or put PgBouncer in front of the server",
             "set idle_in_transaction_session_timeout (e.g. '60s') so abandoned transactions end",
         ),
@@ -97,11 +98,11 @@ DIAGNOSES: tuple[Diagnosis, ...] = (
         ),
         fixes=(
             "always check out with a context manager: `with pool.connection() as conn:`",
-            "use pgwarden.ConnectionPool (or pgwarden.instrument on your pool): its timeout "
+            "use pgwarden.ConnectionPool (a drop-in for psycopg_pool): its timeout "
             "error names the holders with their stack, and it warns about leaks",
             "keep transactions short; do slow work outside them",
             "size the pool to the concurrency that needs the database, within the server's "
-            "budget (`pgwarden budget`)",
+            "budget (the sum of all pools must fit the usable slots)",
         ),
         source="psycopg_pool PoolTimeout; SQLAlchemy TimeoutError (QueuePool)",
     ),

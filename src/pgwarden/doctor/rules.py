@@ -169,8 +169,9 @@ def saturation(snap: Snapshot, t: Thresholds, _sample: Sample | None) -> list[Fi
                 "by_state": dict(snap.count_by("state")),
             },
             fix="Free slots held by idle sessions (see the idle findings, or "
-            "`pgwarden guard --once --enforce`), then make the pools fit: the sum of every "
-            "process's pool max_size must stay below the usable slots (`pgwarden budget`). "
+            "`pgwarden guard --once --enforce --idle-after 600`), then make the pools fit: "
+            "the sum of every process's pool max_size (processes x max_size, per service) "
+            "must stay below the usable slots. "
             "If the clients genuinely need more sessions, put PgBouncer (transaction pooling) "
             "in front instead of raising max_connections.",
         )
@@ -507,7 +508,7 @@ def setting_max_connections_high(
                       "client_backends": len(snap.client_backends)},
             fix="Put PgBouncer in front (pool_mode = transaction) and lower max_connections "
             "to what the server's cores and memory serve well (often 100-300); "
-            "see `pgwarden pgbouncer` for a config sized to your pools.",
+            "size PgBouncer's default_pool_size to the sum the server serves well.",
         )
     ]
 
@@ -552,7 +553,8 @@ def server_full_finding(message: str, *, can_use_reserved: bool | None = None) -
         "superuser (superuser_reserved_connections, default 3) or, on PostgreSQL 16+, as a role "
         "granted pg_use_reserved_connections (reserved_connections), e.g. "
         "`pgwarden doctor --dsn postgresql://postgres@HOST/DB`. Free slots now with "
-        "`pgwarden guard --once --enforce` from such a role.",
+        "`pgwarden guard --once --enforce --emergency-at 0.9 --emergency-target 0.7` from "
+        "such a role.",
     )
 
 
