@@ -13,7 +13,7 @@ SQLAlchemy's QueuePool (psycopg driver) and asyncpg's pool for reference.
 Targets (issue #3), leak detection on: throughput >= 1.0x psycopg_pool's, checkout+return no
 slower than psycopg_pool's.
 
-Usage: python bench/throughput.py [--quick] [--rounds 5] [--seconds 2.0]
+Usage: python bench/throughput.py [--quick] [--rounds 9] [--seconds 1.5]
 Writes bench/results/throughput.json.
 """
 
@@ -264,8 +264,8 @@ def pairs_async(pg: EmbeddedPostgres, chunks: int, chunk: int) -> dict[str, list
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="1 round of 1 s")
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--seconds", type=float, default=2.0)
+    ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--seconds", type=float, default=1.5)
     ap.add_argument("--pairs", type=int, default=30000, help="checkout+return pairs per pool")
     args = ap.parse_args()
     if args.quick:
@@ -274,13 +274,15 @@ def main() -> int:
     results: dict[str, dict[str, list[float]]] = {}
     with EmbeddedPostgres(max_connections=120) as pg:
         sync = sync_contenders(pg)
+        order_rng = random.Random(1)
         for rnd in range(args.rounds):
-            for name, make in sync.items():
-                qps = run_sync(make, args.seconds)
-                results.setdefault(name, {"qps": [], "us": []})["qps"].append(qps)
-                print(f"round {rnd + 1}: {name}: {qps:,.0f} q/s", file=sys.stderr)
-            for name in ASYNC_NAMES:
-                qps = run_async(name, pg, args.seconds)
+            # every round runs every contender once, in a fresh random order, so that drifts in
+            # machine load hit them alike; ratios are taken per round (paired), then the median
+            names = [*sync, *ASYNC_NAMES]
+            order_rng.shuffle(names)
+            for name in names:
+                qps = (run_sync(sync[name], args.seconds) if name in sync
+                       else run_async(name, pg, args.seconds))
                 results.setdefault(name, {"qps": [], "us": []})["qps"].append(qps)
                 print(f"round {rnd + 1}: {name}: {qps:,.0f} q/s", file=sys.stderr)
         chunks = max(5, args.pairs // 1000)
@@ -288,18 +290,26 @@ def main() -> int:
             results[name]["us"] = us
             print(f"checkout+return: {name}: {statistics.median(us):.2f} us", file=sys.stderr)
 
-    med = {n: (statistics.median(r["qps"]), statistics.median(r["us"]))
-           for n, r in results.items()}
-    ref = {"sync": med["psycopg_pool sync"], "async": med["psycopg_pool async"]}
+    canonical = [n for n in (*sync, *ASYNC_NAMES) if n in results]
+    med = {n: (statistics.median(results[n]["qps"]), statistics.median(results[n]["us"]))
+           for n in canonical}
+    ref_name = {"sync": "psycopg_pool sync", "async": "psycopg_pool async"}
+    ratios: dict[str, tuple[float, float]] = {}
     rows = []
     for name, (qps, us) in med.items():
         kind = "async" if ("async" in name or "asyncpg" in name) else "sync"
-        rq, ru = ref[kind]
-        rows.append([name, f"{qps:,.0f}", f"{qps / rq:.2f}x", f"{us:.2f}", f"{us / ru:.2f}x"])
+        ref = results[ref_name[kind]]
+        # paired: this contender's round r against psycopg_pool's round r (and chunk c)
+        q_ratio = statistics.median(
+            a / b for a, b in zip(results[name]["qps"], ref["qps"], strict=True))
+        u_ratio = statistics.median(
+            a / b for a, b in zip(results[name]["us"], ref["us"], strict=True))
+        ratios[name] = (q_ratio, u_ratio)
+        rows.append([name, f"{qps:,.0f}", f"{q_ratio:.2f}x", f"{us:.2f}", f"{u_ratio:.2f}x"])
     print(f"\nSELECT 1 with {WORKERS} workers on a pool of {POOL}; uncontended checkout+return "
-          f"(throughput: median of {args.rounds} rounds of {args.seconds:g} s; checkout+return: "
-          "median of interleaved chunks of 1000 pairs; ratios vs psycopg_pool of the same "
-          "kind)\n")
+          f"(throughput: median of {args.rounds} rounds of {args.seconds:g} s, contenders in a "
+          "random order each round; checkout+return: median of interleaved chunks of 1000 "
+          "pairs; ratios vs psycopg_pool of the same kind: median of the per-round ratios)\n")
     print_table(["pool", "queries/s", "vs psycopg_pool", "checkout+return us",
                  "vs psycopg_pool"], rows)
     leak_cost = {
@@ -323,6 +333,8 @@ def main() -> int:
         "rounds": args.rounds,
         "seconds_per_round": args.seconds,
         "results": {n: {"qps_median": q, "checkout_return_us_median": u,
+                        "qps_ratio_vs_psycopg_pool": ratios[n][0],
+                        "checkout_return_ratio_vs_psycopg_pool": ratios[n][1],
                         "qps_runs": results[n]["qps"], "us_runs": results[n]["us"]}
                     for n, (q, u) in med.items()},
         "leak_detection_cost": leak_cost,
