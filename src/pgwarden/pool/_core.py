@@ -838,6 +838,21 @@ def return_verdict(conn: Any, status: int) -> str | None:
     return "rollback"
 
 
+
+def returned_slot(pool: Any, conn: Any) -> Slot:
+    """The slot of a connection given back to ``pool`` (``putconn``), checked to belong to it.
+
+    Raises:
+        ValueError: the connection does not come from this pool (psycopg_pool's message).
+    """
+    slot: Slot | None = getattr(conn, "_pgw_slot", None)
+    owner = getattr(conn, "_pool", None)
+    if slot is None or owner is not pool:
+        where = (f"it comes from pool {owner.name!r}" if owner is not None
+                 else "it doesn't come from any pool")
+        raise ValueError(f"can't return connection to pool {pool.name!r}, {where}: {conn}")
+    return slot
+
 def log_rollback(pool_name: str, slot: Slot, conn: Any) -> None:
     logger.warning(
         "pool %r: connection pid %d returned inside a transaction (%s) by %s at %s; "

@@ -529,15 +529,7 @@ class ConnectionPool(_core.PoolProperties, Generic[CT]):
         Raises:
             ValueError: the connection does not come from this pool.
         """
-        try:
-            slot: Slot | None = conn._pgw_slot  # type: ignore[attr-defined]
-        except AttributeError:
-            slot = None
-        if slot is None or conn._pool is not self:  # type: ignore[comparison-overlap]
-            pool = getattr(conn, "_pool", None)
-            where = (f"it comes from pool {pool.name!r}" if pool is not None
-                     else "it doesn't come from any pool")
-            raise ValueError(f"can't return connection to pool {self.name!r}, {where}: {conn}")
+        slot = _core.returned_slot(self, conn)
         if self._epoch != _fork_epoch[0]:
             self._after_fork()
             return
