@@ -839,19 +839,14 @@ def return_verdict(conn: Any, status: int) -> str | None:
 
 
 
-def returned_slot(pool: Any, conn: Any) -> Slot:
-    """The slot of a connection given back to ``pool`` (``putconn``), checked to belong to it.
-
-    Raises:
-        ValueError: the connection does not come from this pool (psycopg_pool's message).
-    """
-    slot: Slot | None = getattr(conn, "_pgw_slot", None)
+def foreign_connection(pool: Any, conn: Any) -> ValueError:
+    """The error for a connection given back to a pool it does not come from (``putconn``),
+    worded as psycopg_pool's. The shells test ownership inline (hot path) and raise this."""
     owner = getattr(conn, "_pool", None)
-    if slot is None or owner is not pool:
-        where = (f"it comes from pool {owner.name!r}" if owner is not None
-                 else "it doesn't come from any pool")
-        raise ValueError(f"can't return connection to pool {pool.name!r}, {where}: {conn}")
-    return slot
+    where = (f"it comes from pool {owner.name!r}" if owner is not None
+             else "it doesn't come from any pool")
+    return ValueError(f"can't return connection to pool {pool.name!r}, {where}: {conn}")
+
 
 def log_rollback(pool_name: str, slot: Slot, conn: Any) -> None:
     logger.warning(

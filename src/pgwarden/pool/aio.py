@@ -458,7 +458,12 @@ class AsyncConnectionPool(_core.PoolProperties, Generic[ACT]):
         Raises:
             ValueError: the connection does not come from this pool.
         """
-        slot = _core.returned_slot(self, conn)
+        try:
+            slot: Slot | None = conn._pgw_slot  # type: ignore[attr-defined]
+        except AttributeError:
+            slot = None
+        if slot is None or cast(Any, conn._pool) is not self:
+            raise _core.foreign_connection(self, conn)
         if self._epoch != _fork_epoch[0]:
             self._after_fork()
             return

@@ -529,7 +529,12 @@ class ConnectionPool(_core.PoolProperties, Generic[CT]):
         Raises:
             ValueError: the connection does not come from this pool.
         """
-        slot = _core.returned_slot(self, conn)
+        try:
+            slot: Slot | None = conn._pgw_slot  # type: ignore[attr-defined]
+        except AttributeError:
+            slot = None
+        if slot is None or conn._pool is not self:  # type: ignore[comparison-overlap]
+            raise _core.foreign_connection(self, conn)
         if self._epoch != _fork_epoch[0]:
             self._after_fork()
             return
