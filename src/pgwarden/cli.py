@@ -101,7 +101,8 @@ def connect_timeout_option(func: Callable[..., Any]) -> Callable[..., Any]:
         type=click.FloatRange(min=1.0),
         default=5.0,
         show_default=True,
-        help="Seconds to wait for the server.",
+        metavar="SECONDS",
+        help="Seconds to wait for the server (libpq connect_timeout).",
     )(func)
 
 
