@@ -276,7 +276,7 @@ class _FirstLine(logging.Handler):
 
 @click.command()
 def demo() -> None:
-    """Show the failures pgwarden exists for on a throwaway PostgreSQL (about 20 s): a leaking
+    """Show the failures pgwarden exists for on a throwaway PostgreSQL (about 10 s): a leaking
     worker, an idle transaction holding a lock, a connection-per-request bot filling the
     server; then the doctor naming each culprit and the guard freeing the slots."""
     console = Console(highlight=False)
