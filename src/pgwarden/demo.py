@@ -4,7 +4,9 @@ On an embedded cluster with ``max_connections=20`` four simulated services run a
 role ``app``:
 
 - ``api``: a healthy pool of 3 connections doing short queries;
-- ``worker``: leaks connections the way ``getconn()`` without ``putconn()`` on an error path does;
+- ``worker``: leaks connections the way ``getconn()`` without ``putconn()`` on an error path
+  does, through a :class:`pgwarden.ConnectionPool` that warns about each leak and lists its
+  holders;
 - ``report-job``: opens a transaction, locks a row and goes idle; ``billing`` waits on that lock;
 - ``bot``: opens a new connection for every request.
 
