@@ -10,7 +10,7 @@ import functools
 import re
 from importlib import resources
 
-__all__ = ["load"]
+__all__ = ["load", "query"]
 
 _POST_RE = re.compile(r"^(?P<name>[a-z_]+?)(?:_post_(?P<version>\d{6}))?\.sql$")
 
@@ -42,3 +42,16 @@ def load(name: str, server_version_num: int) -> str | None:
         if server_version_num >= version:
             return text
     return None
+
+
+def query(name: str, server_version_num: int) -> bytes:
+    """Like :func:`load`, for a query that must exist on this server: the statement as bytes.
+
+    Raises:
+        KeyError: no query of that name exists.
+        LookupError: no variant applies to ``server_version_num``.
+    """
+    text = load(name, server_version_num)
+    if text is None:
+        raise LookupError(f"query {name} does not apply to server version {server_version_num}")
+    return text.encode()

@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 
 from .queries import load
+from .queries import query as _q
 from .records import Server, Session, Settings, Snapshot
 
 __all__ = ["SETTING_NAMES", "new_sessions", "take"]
@@ -73,13 +74,6 @@ def read_settings(conn: psycopg.Connection[Any]) -> Settings:
         else:
             values[name] = _setting_value(setting, unit)
     return Settings(**values)
-
-
-def _q(name: str, version: int) -> bytes:
-    text = load(name, version)
-    if text is None:
-        raise LookupError(f"query {name} does not apply to server version {version}")
-    return text.encode()
 
 
 def take(conn: psycopg.Connection[Any], *, query_chars: int = 200) -> Snapshot:

@@ -34,7 +34,7 @@ import psycopg
 from psycopg import sql
 
 from ..activity import Session, Snapshot, take
-from ..activity.queries import load
+from ..activity.queries import query as _q
 from ..conninfo import Target, connect, resolve, server_message
 from ..errors import PermissionMissing
 from .audit import AuditLog, AuditRecord, iso, now_iso
@@ -195,13 +195,6 @@ def _record(o: Outcome, result: PassResult | None = None, *, dry_run: bool | Non
 
 def _round(x: float | None) -> float | None:
     return None if x is None else round(x, 3)
-
-
-def _q(name: str, version: int) -> bytes:
-    text = load(name, version)
-    if text is None:  # pragma: no cover - every guard query applies to every version
-        raise LookupError(f"query {name} does not apply to server version {version}")
-    return text.encode()
 
 
 class Guard:
