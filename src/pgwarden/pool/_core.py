@@ -591,6 +591,48 @@ class Core:
                 found.append(slot)
         return found
 
+    def discard_idle(self) -> list[Slot]:
+        """Take every idle connection out of the pool (close, drain); the caller closes them."""
+        idle, self.idle = self.idle, []
+        for slot in idle:
+            self.discard(slot)
+        return idle
+
+    def drain(self) -> list[Slot]:
+        """psycopg_pool 3.3's ``drain``: every connection opened so far is retired (idle ones
+        now, checked-out ones on return). Returns the idle slots to close."""
+        self.gen += 1
+        self.drain_gen = self.gen
+        return self.discard_idle()
+
+    def resize(self, min_size: int, max_size: int) -> list[Slot]:
+        """New sizes (already checked); returns the surplus idle slots to close (surplus
+        checked-out ones are discarded on return)."""
+        self.config.min_size = min_size
+        self.config.max_size = max_size
+        self.grow_cap = max_size
+        surplus = []
+        while self.size > max_size and self.idle:
+            slot = self.idle.pop(0)
+            self.discard(slot)
+            surplus.append(slot)
+        return surplus
+
+    def init_timeout_error(self, timeout: float) -> PoolTimeout:
+        """``wait()`` gave up: how many connections opened and the last connection error."""
+        err = self.last_error
+        detail = f": last connection error: {err}" if err else ""
+        return PoolTimeout(
+            f"pool {self.config.name!r} initialization incomplete after {timeout:.2f} s: "
+            f"{self.size} of min_size={self.config.min_size} connections open{detail}"
+        )
+
+    def pop_stats(self) -> dict[str, int]:
+        """``get_stats()``, then reset the counters (psycopg_pool's ``pop_stats``)."""
+        rv = self.get_stats()
+        self.stats = Stats()
+        return rv
+
     # -- reporting ------------------------------------------------------------------
 
     def holder_of(self, slot: Slot, now: float, wall: float) -> Holder | None:
@@ -854,6 +896,28 @@ def log_rollback(pool_name: str, slot: Slot, conn: Any) -> None:
         "rolling back", pool_name, slot.pid, tx_state(conn), holder_name(slot.holder),
         format_location(slot.stack))
 
+
+
+def end_of_block(status: int, closed: bool, failed: bool) -> str | None:
+    """What ``with pool.connection() as conn:`` does to the transaction when the block ends:
+    ``"commit"`` (no exception, inside a transaction), ``"rollback"`` (an exception, or a failed
+    transaction) or ``None`` (nothing open). psycopg_pool's documented behaviour."""
+    if closed or status == TS.IDLE:
+        return None
+    if not failed and status == TS.INTRANS:
+        return "commit"
+    if status in (TS.INTRANS, TS.INERROR):
+        return "rollback"
+    return None
+
+
+def report_leaks(pool_name: str, core: Core, slots: list[Slot], now: float) -> None:
+    """Log the leak warning (with the holder's stack) for slots :meth:`Core.leak_scan` found."""
+    wall = time.time()
+    for slot in slots:
+        h = core.holder_of(slot, now, wall)
+        if h is not None:
+            log_leak(pool_name, h)
 
 def log_leak(pool_name: str, h: Holder) -> None:
     logger.warning(

@@ -22,7 +22,7 @@ from typing import Any, Generic, TypeVar, cast
 import psycopg
 from psycopg import AsyncConnection
 
-from ..errors import PoolClosed, PoolTimeout, TooManyRequests
+from ..errors import PoolClosed, TooManyRequests
 from . import _core
 from ._core import TS, WAIT_R, Core, ProbeFailed, Slot, logger
 from .holders import STACK_DEPTH, Holder
@@ -65,15 +65,15 @@ class _AsyncConnectionCM(Generic[ACT]):
                         tb: TracebackType | None) -> None:
         conn = self.conn
         try:
-            status = conn.pgconn.transaction_status
-            if status != TS.IDLE and not conn.closed:
-                if et is None and status == TS.INTRANS:
-                    await conn.commit()
-                elif status in (TS.INTRANS, TS.INERROR):
-                    try:
-                        await conn.rollback()
-                    except Exception as exc:
-                        logger.warning("error ignored in rollback on %s: %s", conn, exc)
+            action = _core.end_of_block(conn.pgconn.transaction_status, conn.closed,
+                                        et is not None)
+            if action == "commit":
+                await conn.commit()
+            elif action == "rollback":
+                try:
+                    await conn.rollback()
+                except Exception as exc:
+                    logger.warning("error ignored in rollback on %s: %s", conn, exc)
         finally:
             await self.pool.putconn(conn)
 
@@ -224,13 +224,9 @@ class AsyncConnectionPool(_core.PoolProperties, Generic[ACT]):
             if self._closed:
                 raise PoolClosed(f"pool {self.name!r} is closed")
             if _monotonic() >= deadline:
-                err, have = core.last_error, core.size
+                err = core.init_timeout_error(timeout)
                 await self.close()
-                detail = f": last connection error: {err}" if err else ""
-                raise PoolTimeout(
-                    f"pool {self.name!r} initialization incomplete after {timeout:.2f} s: "
-                    f"{have} of min_size={self._config.min_size} connections open{detail}"
-                )
+                raise err
             await asyncio.sleep(0.005)
 
     async def close(self, timeout: float = 5.0) -> None:
@@ -240,9 +236,7 @@ class AsyncConnectionPool(_core.PoolProperties, Generic[ACT]):
             return
         self._closed = True
         core = self._core
-        idle, core.idle = core.idle, []
-        for slot in idle:
-            core.discard(slot)
+        idle = core.discard_idle()
         while core.waiters:
             w = core.waiters.popleft()
             if not w.fut.done():
@@ -640,11 +634,7 @@ class AsyncConnectionPool(_core.PoolProperties, Generic[ACT]):
         self._start_connects(core.to_start(now))
         for slot in expired:
             await self._close_conn(slot.conn)
-        wall = time.time()
-        for slot in leaks:
-            h = core.holder_of(slot, now, wall)
-            if h is not None:
-                _core.log_leak(self.name, h)
+        _core.report_leaks(self.name, core, leaks, now)
 
     # -- maintenance API ------------------------------------------------------------------------
 
@@ -653,14 +643,7 @@ class AsyncConnectionPool(_core.PoolProperties, Generic[ACT]):
         min_size, max_size = _core.check_sizes(min_size, max_size)
         logger.info("resizing %r to min_size=%s max_size=%s", self.name, min_size, max_size)
         core = self._core
-        self._config.min_size = min_size
-        self._config.max_size = max_size
-        core.grow_cap = max_size
-        surplus = []
-        while core.size > max_size and core.idle:
-            slot = core.idle.pop(0)
-            core.discard(slot)
-            surplus.append(slot)
+        surplus = core.resize(min_size, max_size)
         if self._loop is not None:
             self._start_connects(core.to_start(_monotonic()))
         for slot in surplus:
@@ -696,11 +679,7 @@ class AsyncConnectionPool(_core.PoolProperties, Generic[ACT]):
     async def drain(self) -> None:
         """Close idle connections and replace them; checked-out ones close on return."""
         core = self._core
-        core.gen += 1
-        core.drain_gen = core.gen
-        idle, core.idle = core.idle, []
-        for slot in idle:
-            core.discard(slot)
+        idle = core.drain()
         if self._loop is not None:
             self._start_connects(core.to_start(_monotonic()))
         for slot in idle:
@@ -718,6 +697,4 @@ class AsyncConnectionPool(_core.PoolProperties, Generic[ACT]):
 
     def pop_stats(self) -> dict[str, int]:
         """As :meth:`get_stats`, then reset the counters."""
-        rv = self._core.get_stats()
-        self._core.stats = _core.Stats()
-        return rv
+        return self._core.pop_stats()

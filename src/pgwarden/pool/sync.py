@@ -17,7 +17,7 @@ from typing import Any, Generic, TypeVar, cast
 import psycopg
 from psycopg import Connection
 
-from ..errors import PoolClosed, PoolTimeout, TooManyRequests
+from ..errors import PoolClosed, TooManyRequests
 from . import _core
 from ._core import TS, WAIT_R, Core, ProbeFailed, Slot, logger
 from .holders import STACK_DEPTH, Holder
@@ -68,15 +68,15 @@ class _ConnectionCM(Generic[CT]):
                  tb: TracebackType | None) -> None:
         conn = self.conn
         try:
-            status = conn.pgconn.transaction_status
-            if status != TS.IDLE and not conn.closed:
-                if et is None and status == TS.INTRANS:
-                    conn.commit()
-                elif status in (TS.INTRANS, TS.INERROR):
-                    try:
-                        conn.rollback()
-                    except Exception as exc:
-                        logger.warning("error ignored in rollback on %s: %s", conn, exc)
+            action = _core.end_of_block(conn.pgconn.transaction_status, conn.closed,
+                                        et is not None)
+            if action == "commit":
+                conn.commit()
+            elif action == "rollback":
+                try:
+                    conn.rollback()
+                except Exception as exc:
+                    logger.warning("error ignored in rollback on %s: %s", conn, exc)
         finally:
             self.pool.putconn(conn)
 
@@ -259,15 +259,10 @@ class ConnectionPool(_core.PoolProperties, Generic[CT]):
                 core = self._core
                 if core.size >= self._config.min_size:
                     return
-                err = core.last_error
-                have = core.size
-            if _monotonic() >= deadline:
+                err = core.init_timeout_error(timeout) if _monotonic() >= deadline else None
+            if err is not None:
                 self.close()
-                detail = f": last connection error: {err}" if err else ""
-                raise PoolTimeout(
-                    f"pool {self.name!r} initialization incomplete after {timeout:.2f} s: "
-                    f"{have} of min_size={self._config.min_size} connections open{detail}"
-                )
+                raise err
             time.sleep(0.005)
 
     def close(self, timeout: float = 5.0) -> None:
@@ -279,9 +274,7 @@ class ConnectionPool(_core.PoolProperties, Generic[CT]):
                 return
             self._closed = True
             core = self._core
-            idle, core.idle = core.idle, []
-            for slot in idle:
-                core.discard(slot)
+            idle = core.discard_idle()
             waiters = list(core.waiters)
             core.waiters.clear()
             for w in waiters:
@@ -737,11 +730,7 @@ class ConnectionPool(_core.PoolProperties, Generic[CT]):
         for slot in expired:
             self._close_conn(slot.conn)
         self._start_connects(n)
-        wall = time.time()
-        for slot in leaks:
-            h = core.holder_of(slot, now, wall)
-            if h is not None:
-                _core.log_leak(self.name, h)
+        _core.report_leaks(self.name, core, leaks, now)
 
     # -- maintenance API (psycopg_pool) ----------------------------------------------------
 
@@ -751,16 +740,8 @@ class ConnectionPool(_core.PoolProperties, Generic[CT]):
         min_size, max_size = _core.check_sizes(min_size, max_size)
         logger.info("resizing %r to min_size=%s max_size=%s", self.name, min_size, max_size)
         with self._lock:
-            core = self._core
-            self._config.min_size = min_size
-            self._config.max_size = max_size
-            core.grow_cap = max_size
-            surplus = []
-            while core.size > max_size and core.idle:
-                slot = core.idle.pop(0)
-                core.discard(slot)
-                surplus.append(slot)
-            n = core.to_start(_monotonic())
+            surplus = self._core.resize(min_size, max_size)
+            n = self._core.to_start(_monotonic())
         for slot in surplus:
             self._close_conn(slot.conn)
         self._start_connects(n)
@@ -802,13 +783,8 @@ class ConnectionPool(_core.PoolProperties, Generic[CT]):
         """Close all idle connections and replace them; checked-out ones are closed when
         returned (psycopg_pool 3.3's ``drain``)."""
         with self._lock:
-            core = self._core
-            core.gen += 1
-            core.drain_gen = core.gen
-            idle, core.idle = core.idle, []
-            for slot in idle:
-                core.discard(slot)
-            n = core.to_start(_monotonic())
+            idle = self._core.drain()
+            n = self._core.to_start(_monotonic())
         for slot in idle:
             self._close_conn(slot.conn)
         self._start_connects(n)
@@ -828,9 +804,7 @@ class ConnectionPool(_core.PoolProperties, Generic[CT]):
     def pop_stats(self) -> dict[str, int]:
         """As :meth:`get_stats`, then reset the counters."""
         with self._lock:
-            rv = self._core.get_stats()
-            self._core.stats = _core.Stats()
-            return rv
+            return self._core.pop_stats()
 
 
 def _neutralize(conns: list[Any]) -> None:
