@@ -19,8 +19,8 @@ from rich.markup import escape
 
 from . import activity
 from .cli import EXIT, connect_timeout_option, dsn_option, format_option
-from .conninfo import Target, connect, resolve, server_message
-from .diagnose import Diagnosis, diagnose
+from .conninfo import Target, connect, resolve
+from .diagnose import Diagnosis, by_id
 from .diagnose import explain as explain_text
 from .doctor.report import render_report, render_status, server_info, summary
 from .doctor.rules import Thresholds
@@ -119,15 +119,14 @@ def run_check(target: Target) -> list[Step]:
     try:
         conn = connect(target)
     except ConnectError as exc:
-        said = str(exc).split(": ", 1)[-1]
-        d = diagnose(said)
-        failed = _STEP_OF_DIAGNOSIS.get(d.id if d else "", "server")
+        d = by_id(exc.diagnosis_id)
+        failed = _STEP_OF_DIAGNOSIS.get(exc.diagnosis_id or "", "server")
         for name in _STEPS[2:]:
             if name == failed:
-                detail = said
+                detail = f"{exc.server_said} ({d.title})" if d else exc.server_said
                 fix = _fix_of(d)
                 if isinstance(exc, ServerFullError):
-                    detail = f"server is full: every usable slot is taken ({server_message(exc)})"
+                    detail = f"server is full: every usable slot is taken ({exc.server_said})"
                     fix = ("connect as a superuser or a member of pg_use_reserved_connections "
                            "(PostgreSQL 16+), or run `pgwarden doctor` from such a role")
                 steps.append(Step(name, False, detail, fix))

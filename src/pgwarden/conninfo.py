@@ -270,11 +270,13 @@ def connect(target: Target, *, autocommit: bool = True) -> psycopg.Connection[An
         message = f"cannot connect to {target.where}: {said}{meaning}"
         if found is not None and found.id == "too_many_clients":
             raise ServerFullError(
-                message, target=target.redacted, diagnosis_id=found.id, sqlstate="53300"
+                message, target=target.redacted, server_said=said, diagnosis_id=found.id,
+                sqlstate="53300",
             ) from None
         raise ConnectError(
             message,
             target=target.redacted,
+            server_said=said,
             diagnosis_id=found.id if found else None,
             sqlstate=(found.sqlstates[0] if found and found.sqlstates else None),
         ) from None

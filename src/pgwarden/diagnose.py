@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["DIAGNOSES", "Diagnosis", "diagnose", "explain"]
+__all__ = ["DIAGNOSES", "Diagnosis", "by_id", "diagnose", "explain"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -415,3 +415,8 @@ def explain(text: str) -> list[Diagnosis]:
     if not text or not text.strip():
         return []
     return [d for d in DIAGNOSES if d.matches(text)]
+
+
+def by_id(diagnosis_id: str | None) -> Diagnosis | None:
+    """The diagnosis with this id (as carried by :class:`pgwarden.errors.ConnectError`)."""
+    return next((d for d in DIAGNOSES if d.id == diagnosis_id), None)

@@ -38,7 +38,7 @@ import sys
 import tempfile
 import time
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ from psycopg.conninfo import make_conninfo
 
 from .errors import EmbeddedError
 
-__all__ = ["EmbeddedPostgres", "embedded_cluster", "find_bin_dir", "pgserver_bin_dir"]
+__all__ = ["EmbeddedPostgres", "find_bin_dir", "pgserver_bin_dir"]
 
 logger = logging.getLogger("pgwarden.embedded")
 
@@ -481,12 +481,3 @@ def _close_all() -> None:
     for cluster in list(_live):
         cluster.close()
 
-
-@contextlib.contextmanager
-def embedded_cluster(**kwargs: Any) -> Iterator[EmbeddedPostgres]:
-    """``with embedded_cluster(max_connections=20) as pg: ...``; see :class:`EmbeddedPostgres`."""
-    pg = EmbeddedPostgres(**kwargs)
-    try:
-        yield pg
-    finally:
-        pg.close()

@@ -71,6 +71,8 @@ class ConnectError(PgwardenError, psycopg.OperationalError):
 
     Attributes:
         target: the redacted DSN it tried (never contains a password).
+        server_said: what the server or libpq said (``FATAL: password authentication
+            failed for user "app"``), without the target.
         diagnosis_id: id of the matching :mod:`pgwarden.diagnose` entry, or ``None``.
         sqlstate: the SQLSTATE where the server sent one (or it is known from the message).
     """
@@ -80,12 +82,14 @@ class ConnectError(PgwardenError, psycopg.OperationalError):
         message: str,
         *,
         target: str = "",
+        server_said: str = "",
         diagnosis_id: str | None = None,
         sqlstate: str | None = None,
     ) -> None:
         self._sqlstate = sqlstate  # before psycopg.Error.__init__, which reads .sqlstate
         super().__init__(message)
         self.target = target
+        self.server_said = server_said
         self.diagnosis_id = diagnosis_id
 
     @property

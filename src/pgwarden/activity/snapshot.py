@@ -40,12 +40,8 @@ def _setting_value(setting: str, unit: str | None) -> float:
     return value * _UNIT_SECONDS.get(unit or "", 1.0)
 
 
-def read_server(conn: psycopg.Connection[Any]) -> Server:
-    """Facts about the server and the connected role."""
-    return _read_server(conn)[0]
-
-
-def _read_server(conn: psycopg.Connection[Any]) -> tuple[Server, Any]:
+def read_server(conn: psycopg.Connection[Any]) -> tuple[Server, dt.datetime]:
+    """Facts about the server and the connected role, and the server's ``now()``."""
     row = conn.execute(_q("get_server", conn.info.server_version)).fetchone()
     assert row is not None
     return Server(
@@ -91,7 +87,7 @@ def take(conn: psycopg.Connection[Any], *, query_chars: int = 200) -> Snapshot:
     """
     started = time.perf_counter()
     version = conn.info.server_version
-    server, taken_at = _read_server(conn)
+    server, taken_at = read_server(conn)
     settings = read_settings(conn)
     cur = conn.execute(_q("get_activity", version), {"query_chars": query_chars})
     sessions = tuple(

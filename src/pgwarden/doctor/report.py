@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from rich.columns import Columns
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -154,8 +155,6 @@ def render_status(console: Console, server: dict[str, Any], summ: dict[str, Any]
             f"[yellow]{summ['hidden_sessions']} sessions hidden from role "
             f"{escape(server['role'])} (needs pg_monitor)[/]"
         )
-    from rich.columns import Columns
-
     console.print(
         Columns(
             [

@@ -542,7 +542,7 @@ def visibility_finding(snap: Snapshot) -> Finding | None:
     )
 
 
-def server_full_finding(message: str, *, can_use_reserved: bool | None = None) -> Finding:
+def server_full_finding(message: str) -> Finding:
     """The finding for a server that refused pgwarden itself with SQLSTATE 53300."""
     return Finding(
         id="server_full",

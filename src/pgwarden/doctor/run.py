@@ -36,7 +36,7 @@ def examine(target: Target, *, thresholds: Thresholds | None = None,
     try:
         conn = connect(target)
     except ServerFullError as exc:
-        return Report(findings=(server_full_finding(str(exc)),), target=target.where)
+        return Report(findings=(server_full_finding(exc.server_said),), target=target.where)
     with conn:
         sampled = None
         if sample > 0:
