@@ -48,10 +48,10 @@ def sync_contenders(pg: EmbeddedPostgres) -> dict[str, Callable[[], Any]]:
     import psycopg_pool
     import sqlalchemy
 
-    def pgw(leak: float | None) -> Callable[[], Any]:
+    def same_api(new_pool: Callable[[], Any]) -> Callable[[], Any]:
+        """pgwarden's pool is a drop-in for psycopg_pool's: one harness serves both."""
         def make() -> Any:
-            p = ConnectionPool(pg.dsn, min_size=POOL, max_size=POOL, leak_threshold=leak,
-                               name="bench")
+            p = new_pool()
             p.wait(30)
 
             def query() -> None:
@@ -64,18 +64,12 @@ def sync_contenders(pg: EmbeddedPostgres) -> dict[str, Callable[[], Any]]:
             return query, pair, p.close
         return make
 
-    def pp() -> Any:
-        p = psycopg_pool.ConnectionPool(pg.dsn, min_size=POOL, max_size=POOL, open=True)
-        p.wait(30)
+    def pgw(leak: float | None) -> Callable[[], Any]:
+        return same_api(lambda: ConnectionPool(pg.dsn, min_size=POOL, max_size=POOL,
+                                               leak_threshold=leak, name="bench"))
 
-        def query() -> None:
-            with p.connection() as c:
-                c.execute("select 1").fetchone()
-
-        def pair() -> None:
-            p.putconn(p.getconn())
-
-        return query, pair, p.close
+    pp = same_api(lambda: psycopg_pool.ConnectionPool(pg.dsn, min_size=POOL, max_size=POOL,
+                                                      open=True))
 
     def sa() -> Any:
         eng = sqlalchemy.create_engine(
@@ -162,11 +156,16 @@ def pairs_sync(makers: dict[str, Callable[[], Any]], chunks: int, chunk: int
 # -- async contenders --------------------------------------------------------------------------
 
 async def async_make(name: str, pg: EmbeddedPostgres) -> Any:
-    if name.startswith("pgwarden async"):
-        leak = 60.0 if "on" in name else None
-        p = AsyncConnectionPool(pg.dsn, min_size=POOL, max_size=POOL, leak_threshold=leak,
-                                name="abench")
-        await p.open(wait=True)
+    if name.startswith("pgwarden async") or name == "psycopg_pool async":
+        if name == "psycopg_pool async":
+            import psycopg_pool
+
+            p: Any = psycopg_pool.AsyncConnectionPool(pg.dsn, min_size=POOL, max_size=POOL,
+                                                      open=False)
+        else:
+            p = AsyncConnectionPool(pg.dsn, min_size=POOL, max_size=POOL, name="abench",
+                                    leak_threshold=60.0 if "on" in name else None)
+        await p.open(wait=True)  # the same API from here on: pgwarden's is a drop-in
 
         async def query() -> None:
             async with p.connection() as c:
@@ -176,20 +175,6 @@ async def async_make(name: str, pg: EmbeddedPostgres) -> Any:
             await p.putconn(await p.getconn())
 
         return query, pair, p.close
-    if name == "psycopg_pool async":
-        import psycopg_pool
-
-        p2 = psycopg_pool.AsyncConnectionPool(pg.dsn, min_size=POOL, max_size=POOL, open=False)
-        await p2.open(wait=True)
-
-        async def query2() -> None:
-            async with p2.connection() as c:
-                await (await c.execute("select 1")).fetchone()
-
-        async def pair2() -> None:
-            await p2.putconn(await p2.getconn())
-
-        return query2, pair2, p2.close
     import asyncpg
 
     p3 = await asyncpg.create_pool(pg.url, min_size=POOL, max_size=POOL)
