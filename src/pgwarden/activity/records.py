@@ -9,10 +9,22 @@ PostgreSQL 16+, see https://www.postgresql.org/docs/current/runtime-config-conne
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections import Counter
 from dataclasses import dataclass
 
-__all__ = ["Server", "Session", "Settings", "Snapshot"]
+from psycopg import sql
+
+__all__ = ["Server", "Session", "Settings", "Snapshot", "role_sql"]
+
+_PLAIN_IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+
+def role_sql(role: str) -> str:
+    """``role`` as it must be written in a GRANT a report suggests: bare when it is a plain
+    lower-case identifier, else quoted by psycopg (``"Ops Team"``)."""
+    return role if _PLAIN_IDENT.match(role) else sql.Identifier(role).as_string(None)
+
 
 CLIENT_BACKEND = "client backend"
 IDLE = "idle"

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..activity.records import ACTIVE, IDLE, Session, Snapshot
+from ..activity.records import ACTIVE, IDLE, Session, Snapshot, role_sql
 
 __all__ = [
     "RULES",
@@ -538,7 +538,8 @@ def visibility_finding(snap: Snapshot) -> Finding | None:
         title=f"{hidden} sessions of other roles are hidden from role {snap.server.role}: "
         "their state, age and query are unknown, so idle and lock findings may be missing",
         evidence={"hidden_sessions": hidden, "role": snap.server.role},
-        fix=f"GRANT pg_monitor TO {snap.server.role}; (or run the doctor as a role that has it)",
+        fix=f"GRANT pg_monitor TO {role_sql(snap.server.role)}; (or run the doctor as a role "
+        "that has it)",
     )
 
 

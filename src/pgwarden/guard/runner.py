@@ -24,17 +24,16 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
-import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
 import psycopg
-from psycopg import sql
 
 from ..activity import Session, Snapshot, take
 from ..activity.queries import query as _q
+from ..activity.records import role_sql
 from ..conninfo import Target, connect, resolve, server_message
 from ..errors import PermissionMissing
 from .audit import AuditLog, AuditRecord, iso, now_iso
@@ -50,7 +49,6 @@ logger = logging.getLogger("pgwarden.guard")
 #: objsubid=1``.
 LOCK_KEY = 0x7067776172640001
 
-_PLAIN_IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
 _IDLE_STATES = ("idle", "idle in transaction", "idle in transaction (aborted)")
 
 
@@ -329,10 +327,7 @@ class Guard:
         """Raise :class:`PermissionMissing` (with the GRANT to run) if the role cannot do what
         this guard must; return warnings for a dry run that could not act."""
         server = snapshot.server
-        conn = self._conn
-        role = server.role
-        if conn is not None and not _PLAIN_IDENT.match(role):
-            role = sql.Identifier(server.role).as_string(conn)
+        role = role_sql(server.role)
         if not server.sees_all_sessions:
             raise PermissionMissing(
                 f"role {server.role!r} cannot see other sessions' state and age; run as a "
