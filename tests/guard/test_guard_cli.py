@@ -109,7 +109,9 @@ def test_daemon_reloads_on_sighup_and_exits_cleanly_on_sigterm(gpg, sessions, tm
         config.write_text("enforce = true\n" + base.format(audit=audit))
         proc.send_signal(signal.SIGHUP)
         wait_until(lambda: pid not in live_pids(gpg))
-        assert any(r["outcome"] == "terminated" and r["pid"] == pid for r in read_audit(audit))
+        # the audit record is written after pg_terminate_backend returns: wait for it too
+        wait_until(lambda: any(r["outcome"] == "terminated" and r["pid"] == pid
+                               for r in read_audit(audit)))
         proc.send_signal(signal.SIGTERM)
         _out, err = proc.communicate(timeout=15)
     finally:
