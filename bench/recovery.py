@@ -39,6 +39,7 @@ import tempfile
 import threading
 import time
 import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -67,19 +68,29 @@ CONTENDERS = [
 class Recorder:
     def __init__(self) -> None:
         self.successes: list[float] = []
-        self.errors: list[tuple[float, float, str, str]] = []
+        self.errors: list[tuple[float, float, str, str, str]] = []
         self.stop = threading.Event()
 
     def ok(self) -> None:
         self.successes.append(time.time())
 
-    def err(self, t0: float, exc: BaseException) -> None:
+    def err(self, t0: float, exc: BaseException, where: str) -> None:
         msg = " ".join(str(exc).split())[:160]
-        self.errors.append((t0, time.time(), type(exc).__name__, msg))
+        self.errors.append((t0, time.time(), type(exc).__name__, msg, where))
 
     def dump(self) -> None:
         sys.stdout.write(json.dumps({"successes": self.successes, "errors": self.errors}) + "\n")
         sys.stdout.flush()
+
+
+class Phase:
+    """Where a caller's operation is: ``checkout``, ``statement`` or ``end of block`` (the
+    COMMIT psycopg's ``connection()`` block sends, or the release). Errors are filed under it."""
+
+    __slots__ = ("at",)
+
+    def __init__(self) -> None:
+        self.at = "checkout"
 
 
 def _watch_stdin(rec: Recorder) -> None:
@@ -97,9 +108,11 @@ def run_sync_worker(name: str, dsn: str, url: str, rec: Recorder) -> None:
                            validation_window=window)
         p.wait(30)
 
-        def one() -> None:
+        def one(ph: Phase) -> None:
             with p.connection() as c:
+                ph.at = "statement"
                 c.execute("select 1").fetchone()
+                ph.at = "end of block"
 
         close = p.close
     elif name.startswith("psycopg_pool"):
@@ -110,9 +123,11 @@ def run_sync_worker(name: str, dsn: str, url: str, rec: Recorder) -> None:
                                          check=check, open=True)
         pp.wait(30)
 
-        def one() -> None:
+        def one(ph: Phase) -> None:
             with pp.connection() as c:
+                ph.at = "statement"
                 c.execute("select 1").fetchone()
+                ph.at = "end of block"
 
         close = pp.close
     else:
@@ -123,9 +138,11 @@ def run_sync_worker(name: str, dsn: str, url: str, rec: Recorder) -> None:
                                        pool_pre_ping=True)
         stmt = sqlalchemy.text("select 1")
 
-        def one() -> None:
+        def one(ph: Phase) -> None:
             with eng.connect() as c:
+                ph.at = "statement"
                 c.execute(stmt).fetchone()
+                ph.at = "end of block"
 
         close = eng.dispose
 
@@ -133,15 +150,16 @@ def run_sync_worker(name: str, dsn: str, url: str, rec: Recorder) -> None:
         deadline = time.monotonic() + MAX_SECONDS
         while not rec.stop.is_set() and time.monotonic() < deadline:
             t0 = time.time()
+            ph = Phase()
             try:
-                one()
+                one(ph)
                 rec.ok()
             except Exception as exc:
-                rec.err(t0, exc)
+                rec.err(t0, exc, ph.at)
             time.sleep(PERIOD)
 
     for _ in range(20):
-        one()
+        one(Phase())
     threads = [threading.Thread(target=loop, daemon=True) for _ in range(WORKERS)]
     for t in threads:
         t.start()
@@ -159,9 +177,11 @@ async def run_async_worker(name: str, dsn: str, url: str, rec: Recorder) -> None
                                 name="abench")
         await p.open(wait=True)
 
-        async def one() -> None:
+        async def one(ph: Phase) -> None:
             async with p.connection() as c:
+                ph.at = "statement"
                 await (await c.execute("select 1")).fetchone()
+                ph.at = "end of block"
 
         close: Any = p.close
     else:
@@ -169,9 +189,11 @@ async def run_async_worker(name: str, dsn: str, url: str, rec: Recorder) -> None
 
         ap = await asyncpg.create_pool(url, min_size=4, max_size=8)
 
-        async def one() -> None:
+        async def one(ph: Phase) -> None:
             async with ap.acquire(timeout=ACQUIRE_TIMEOUT) as c:
+                ph.at = "statement"
                 await c.fetchval("select 1")
+                ph.at = "end of block"
 
         close = ap.close
 
@@ -179,15 +201,16 @@ async def run_async_worker(name: str, dsn: str, url: str, rec: Recorder) -> None
         deadline = time.monotonic() + MAX_SECONDS
         while not rec.stop.is_set() and time.monotonic() < deadline:
             t0 = time.time()
+            ph = Phase()
             try:
-                await one()
+                await one(ph)
                 rec.ok()
             except Exception as exc:
-                rec.err(t0, exc)
+                rec.err(t0, exc, ph.at)
             await asyncio.sleep(PERIOD)
 
     for _ in range(20):
-        await one()
+        await one(Phase())
     print("ready", flush=True)
     await asyncio.gather(*(loop() for _ in range(WORKERS)))
     await asyncio.wait_for(close(), 10)
@@ -257,9 +280,10 @@ def analyse(events: list[dict[str, Any]], data: dict[str, Any]) -> dict[str, Any
             "errors": len(window),
             "errors_after_down": len(after_down),
             "errors_in_flight_at_stop": len(before_stop),
+            "errors_by_phase": dict(Counter(e[4] for e in window)),
             "error_times_ms": [[round((e[0] - ev["t0"]) * 1000, 1),
                                 round((e[1] - ev["t0"]) * 1000, 1)] for e in window][:50],
-            "error_kinds": sorted({f"{e[2]}: {e[3][:70]}" for e in window}),
+            "error_kinds": sorted({f"{e[4]}: {e[2]}: {e[3][:70]}" for e in window}),
             "first_success_ms": None if first is None else (first - ev["t_accept"]) * 1000,
         })
     return {"events": per_event, "errors_total": len(errs), "successes": len(succ)}
@@ -329,8 +353,12 @@ def main() -> int:
             med = statistics.median(firsts) if firsts else float("nan")
             row += [f"{errors} ({in_flight} / {errors - in_flight - avoidable} / {avoidable})",
                     f"{med:,.0f}"]
+            phases: Counter[str] = Counter()
+            for e in evs:
+                phases.update(e["errors_by_phase"])
             summary[name][kind] = {"errors": errors, "errors_after_down": avoidable,
                                    "errors_in_flight_at_stop": in_flight,
+                                   "errors_by_phase": dict(phases),
                                    "first_success_ms_median": med, "first_success_ms": firsts,
                                    "error_kinds": sorted({k for e in evs
                                                           for k in e["error_kinds"]})}
@@ -345,6 +373,13 @@ def main() -> int:
           "down: a pool can avoid these)\n")
     print_table(["pool", "restart: errors", "restart: first ok ms", "outage: errors",
                  "outage: first ok ms"], rows)
+    print("\nwhere the errors happened (restart + outage): checkout / statement / end of block "
+          "(the COMMIT that ends psycopg's connection() block, or the release)")
+    for name in names:
+        ph: Counter[str] = Counter()
+        for kind in ("restart", "outage"):
+            ph.update(summary[name][kind]["errors_by_phase"])
+        print(f"  {name}: {ph['checkout']} / {ph['statement']} / {ph['end of block']}")
     for name in names:
         kinds = summary[name]["restart"]["error_kinds"] + summary[name]["outage"]["error_kinds"]
         if kinds:
