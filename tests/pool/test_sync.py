@@ -113,7 +113,10 @@ def test_killed_mid_query_one_error_and_never_reused(pg: Any) -> None:
         time.sleep(0.2)
         pg.execute("select pg_terminate_backend(%s)", (pids[0],))
         t.join(10)
-        assert len(errors) == 1
+        # one session ended while the server stays up: somebody meant to stop that statement,
+        # so it is not run again (see test_replay.py for a server shutdown)
+        assert len(errors) == 1 and "terminating connection" in str(errors[0])
+        assert pool.get_stats()["statements_replayed"] == 0
         seen = set()
         for _ in range(20):
             with pool.connection() as conn:

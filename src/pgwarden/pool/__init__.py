@@ -2,7 +2,9 @@
 
 Public names: :class:`ConnectionPool`, :class:`AsyncConnectionPool`, :func:`get_pool`,
 :class:`Holder`, :class:`PoolCheckoutTimeout` (the :class:`~pgwarden.errors.PoolTimeout` the
-pools raise, with attributes). See ``docs/pool.md``.
+pools raise, with attributes), and :class:`Connection` / :class:`AsyncConnection` with their
+cursors (the default connection classes: a first statement killed by a server shutdown is run
+again, see :mod:`pgwarden.pool.connection`). See ``docs/pool.md``.
 """
 
 from __future__ import annotations
@@ -10,13 +12,18 @@ from __future__ import annotations
 from ..errors import PoolClosed, PoolError, PoolTimeout, TooManyRequests
 from ._core import PoolCheckoutTimeout
 from .aio import AsyncConnectionPool
+from .connection import AsyncConnection, AsyncCursor, Connection, Cursor
 from .holders import Holder
 from .registry import get_pool
 from .sync import ConnectionPool
 
 __all__ = [
+    "AsyncConnection",
     "AsyncConnectionPool",
+    "AsyncCursor",
+    "Connection",
     "ConnectionPool",
+    "Cursor",
     "Holder",
     "PoolCheckoutTimeout",
     "PoolClosed",

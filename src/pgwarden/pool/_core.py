@@ -155,6 +155,38 @@ def is_disconnect(exc: BaseException) -> bool:
     return sqlstate.startswith(("08", "57P"))
 
 
+#: SQLSTATEs of the server ending a session on its own: admin_shutdown (a shutdown, or
+#: pg_terminate_backend) and crash_shutdown (PostgreSQL docs, Appendix A, class 57)
+SESSION_ENDED = frozenset({"57P01", "57P02"})
+
+
+def ended_by_server(exc: BaseException, conn: Any) -> bool:
+    """Whether a statement failed because the server ended the session (57P01, 57P02, or the
+    connection was lost with no message), not because of the statement."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    if sqlstate:
+        return sqlstate in SESSION_ENDED
+    return isinstance(exc, psycopg.OperationalError) and conn.pgconn.status != CONN_OK
+
+
+def server_going_down(exc: BaseException) -> bool:
+    """Whether a connection attempt failed because the server is shutting down, starting up or
+    in recovery (57P03 cannot_connect_now) or cannot be reached (refused, timeout: no SQLSTATE),
+    as opposed to refusing this client (bad password 28P01, too many clients 53300, ...)."""
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    sqlstate = getattr(exc, "sqlstate", None)
+    return sqlstate is None or sqlstate == "57P03"
+
+
+def log_replayed(pool_name: str, old: Slot, new: Slot, why: str) -> None:
+    logger.info(
+        "pool %r: the server ended connection pid %d during the first statement after checkout "
+        "by %s at %s and is going down (%s); ran the statement again on connection pid %d "
+        "(it had opened its own transaction, so nothing was committed)", pool_name, old.pid,
+        holder_name(old.holder), format_location(old.stack), why, new.pid)
+
+
 def _first_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text[:300] or type(exc).__name__
@@ -324,6 +356,7 @@ class Stats:
         "requests_wait_ms",
         "returns_bad",
         "returns_rolled_back",
+        "statements_replayed",
         "usage_ms",
         "validations_failed",
         "validations_num",
@@ -347,6 +380,7 @@ class Stats:
         "validations_num",
         "validations_failed",
         "generations_invalidated",
+        "statements_replayed",
     )
 
     def __init__(self) -> None:
@@ -367,6 +401,7 @@ class Stats:
         self.validations_num = 0
         self.validations_failed = 0
         self.generations_invalidated = 0
+        self.statements_replayed = 0
 
     def as_dict(self) -> dict[str, int]:
         return {k: int(getattr(self, k)) for k in self.KEYS}
@@ -516,6 +551,24 @@ class Core:
         self.stats.generations_invalidated += 1
         logger.info("pool %r: %s; validating the %d idle connections opened before it",
                     self.config.name, why, len(self.idle))
+
+    def may_replay(self, slot: Slot | None, closed: bool, exc: BaseException, conn: Any) -> bool:
+        """Whether a first statement that failed with ``exc`` on checked-out ``conn`` is worth
+        asking the server about (see :mod:`pgwarden.pool.connection`)."""
+        return (slot is not None and slot.out and not slot.dead and not closed
+                and ended_by_server(exc, conn))
+
+    def session_ended(self, slot: Slot, now: float) -> int:
+        """The server ended a checked-out connection's session while going down: its slot is
+        freed (for the new session the statement will run on). Returns connections to start."""
+        self.stats.connections_lost += 1
+        self.disconnect_detected(slot, f"connection pid {slot.pid} ended by the server")
+        self.discard(slot)
+        return self.to_start(now)
+
+    def replayed(self) -> None:
+        self.stats.statements_replayed += 1
+        self.stats.requests_num -= 1  # the wait for a new session is not a new request
 
     def take_out(self, slot: Slot, now: float, holder: str | int, stack: RawStack) -> None:
         slot.out = True

@@ -22,8 +22,9 @@ from typing import Any, Generic, TypeVar, cast
 import psycopg
 from psycopg import AsyncConnection
 
-from ..errors import PoolClosed, TooManyRequests
+from ..errors import PoolClosed, PoolError, TooManyRequests
 from . import _core
+from . import connection as _connection
 from ._core import TS, WAIT_R, Core, ProbeFailed, Slot, logger
 from .holders import STACK_DEPTH, Holder
 from .sync import _fork_epoch, _neutralize
@@ -126,7 +127,7 @@ class AsyncConnectionPool(_core.PoolProperties, Generic[ACT]):
         self,
         conninfo: str | Callable[[], Any] = "",
         *,
-        connection_class: type[ACT] = cast(Any, AsyncConnection),
+        connection_class: type[ACT] = cast(Any, _connection.AsyncConnection),
         kwargs: dict[str, Any] | Callable[[], Any] | None = None,
         min_size: int = 4,
         max_size: int | None = None,
@@ -329,8 +330,10 @@ class AsyncConnectionPool(_core.PoolProperties, Generic[ACT]):
                 and not slot.poller.poll(0)
                 and self._check is None
             ):
+                conn._pgw_fresh = True  # type: ignore[attr-defined]
                 return conn
             if await self._ready(slot, conn, now):
+                conn._pgw_fresh = True  # type: ignore[attr-defined]
                 return conn
             now = _monotonic()
             if now >= deadline:
@@ -465,6 +468,7 @@ class AsyncConnectionPool(_core.PoolProperties, Generic[ACT]):
             logger.warning("pool %r: connection pid %d returned twice; ignored", self.name,
                            slot.pid)
             return
+        conn._pgw_fresh = False  # type: ignore[attr-defined]
         core = self._core
         bad: str | None = None
         try:
@@ -506,6 +510,32 @@ class AsyncConnectionPool(_core.PoolProperties, Generic[ACT]):
             logger.info("pool %r: discarding returned connection pid %d: %s", self.name,
                         slot.pid, bad)
         await self._discard(slot, conn)
+
+    async def _replace_session(self, conn: ACT, exc: BaseException) -> bool:
+        """As :meth:`ConnectionPool._replace_session`."""
+        slot: Slot | None = getattr(conn, "_pgw_slot", None)
+        if not self._core.may_replay(slot, self._closed, exc, conn):
+            return False
+        assert slot is not None
+        try:  # is the server going down, or was only this session ended?
+            await (await self._connect()).close()
+        except Exception as refused:
+            if not _core.server_going_down(refused):
+                return False
+            why = _core._first_line(refused)
+        else:
+            return False  # pg_terminate_backend of this session: the caller must know
+        self._start_connects(self._core.session_ended(slot, _monotonic()))
+        try:
+            fresh = await self._getconn(None)
+        except PoolError as err:
+            logger.warning("pool %r: could not run the statement again (%s)", self.name, err)
+            return False
+        _connection.transplant(conn, fresh, slot, self._conn_collected)
+        await fresh.close()
+        self._core.replayed()
+        _core.log_replayed(self.name, slot, conn._pgw_slot, why)  # type: ignore[attr-defined]
+        return True
 
     def _add(self, slot: Slot, conn: Any, now: float) -> None:
         core = self._core

@@ -17,8 +17,9 @@ from typing import Any, Generic, TypeVar, cast
 import psycopg
 from psycopg import Connection
 
-from ..errors import PoolClosed, TooManyRequests
+from ..errors import PoolClosed, PoolError, TooManyRequests
 from . import _core
+from . import connection as _connection
 from ._core import TS, WAIT_R, Core, ProbeFailed, Slot, logger
 from .holders import STACK_DEPTH, Holder
 
@@ -117,7 +118,9 @@ class ConnectionPool(_core.PoolProperties, Generic[CT]):
 
     Args:
         conninfo: libpq conninfo string or ``postgresql://`` URL (``""``: libpq's environment).
-        connection_class: class whose ``connect()`` opens connections (``psycopg.Connection``).
+        connection_class: class whose ``connect()`` opens connections
+            (:class:`pgwarden.pool.Connection`, a ``psycopg.Connection`` whose first statement
+            after checkout survives a server restart; any ``psycopg.Connection`` subclass works).
         kwargs: extra arguments for ``connect()`` (e.g. ``{"autocommit": True}``).
         min_size: connections kept open (default 4, as psycopg_pool).
         max_size: upper bound (default ``min_size``, as psycopg_pool).
@@ -157,7 +160,7 @@ class ConnectionPool(_core.PoolProperties, Generic[CT]):
         self,
         conninfo: str | Callable[[], Any] = "",
         *,
-        connection_class: type[CT] = cast(Any, Connection),
+        connection_class: type[CT] = cast(Any, _connection.Connection),
         kwargs: dict[str, Any] | Callable[[], Any] | None = None,
         min_size: int = 4,
         max_size: int | None = None,
@@ -434,8 +437,10 @@ class ConnectionPool(_core.PoolProperties, Generic[CT]):
                 and not slot.poller.poll(0)
                 and self._check is None
             ):
+                conn._pgw_fresh = True  # type: ignore[attr-defined]
                 return conn
             if self._ready(slot, conn, now):
+                conn._pgw_fresh = True  # type: ignore[attr-defined]
                 return conn
             now = _monotonic()
             if now >= deadline:
@@ -535,6 +540,7 @@ class ConnectionPool(_core.PoolProperties, Generic[CT]):
             logger.warning("pool %r: connection pid %d returned twice; ignored", self.name,
                            slot.pid)
             return
+        conn._pgw_fresh = False  # type: ignore[attr-defined]
         core = self._core
         bad = None
         status = conn.pgconn.transaction_status
@@ -585,6 +591,38 @@ class ConnectionPool(_core.PoolProperties, Generic[CT]):
                             slot.pid, bad)
             self._close_conn(conn)
             self._start_connects(n)
+
+    def _replace_session(self, conn: CT, exc: BaseException) -> bool:
+        """The first statement after checkout failed (see :mod:`pgwarden.pool.connection`): if
+        the server ended the session because it is going down, wait for a new connection (up
+        to ``timeout``), move its session into ``conn`` and return True (the statement is run
+        again). False leaves ``conn`` broken and the caller gets ``exc``."""
+        slot: Slot | None = getattr(conn, "_pgw_slot", None)
+        if not self._core.may_replay(slot, self._closed, exc, conn):
+            return False
+        assert slot is not None
+        try:  # is the server going down, or was only this session ended?
+            self._connect().close()
+        except Exception as refused:
+            if not _core.server_going_down(refused):
+                return False
+            why = _core._first_line(refused)
+        else:
+            return False  # pg_terminate_backend of this session: the caller must know
+        with self._lock:
+            n = self._core.session_ended(slot, _monotonic())
+        self._start_connects(n)
+        try:
+            fresh = self.getconn()
+        except PoolError as err:
+            logger.warning("pool %r: could not run the statement again (%s)", self.name, err)
+            return False
+        _connection.transplant(conn, fresh, slot, self._conn_collected)
+        fresh.close()
+        with self._lock:
+            self._core.replayed()
+        _core.log_replayed(self.name, slot, conn._pgw_slot, why)  # type: ignore[attr-defined]
+        return True
 
     def _reset_status(self, slot: Slot, conn: CT, status: int) -> str | None:
         verdict = _core.return_verdict(conn, status)
