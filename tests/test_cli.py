@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -138,3 +139,9 @@ def test_demo_shows_culprits_and_cleans_up() -> None:
     # the guard frees the leaked and idle-in-transaction sessions and the bot is served again
     assert "terminated 11 sessions" in out
     assert "(recovered)" in out
+    # a pgwarden pool rides through a restart: no failed checkout or statement, and the
+    # statements the shutdown killed ran again
+    assert "errors seen by the threads: 0 at checkout, 0 in statements" in out
+    replayed = re.search(r"(\d+) statements killed by the shutdown were run again", out)
+    assert replayed is not None and int(replayed.group(1)) >= 1
+    assert "the pool served queries again" in out

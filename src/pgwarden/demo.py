@@ -12,7 +12,8 @@ role ``app``:
 
 The server fills up and the bot gets ``FATAL: sorry, too many clients already``. The doctor,
 connecting through the superuser reserve, names each culprit with its fix; the guard then frees
-the slots by policy and the bot connects again.
+the slots by policy and the bot connects again. Last, the server is restarted under the load of
+a :class:`pgwarden.ConnectionPool`, whose callers see no failed checkout or statement.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections import Counter
 from typing import Any
 
 import click
@@ -210,7 +212,70 @@ class Demo:
         if len(holders) > 3:
             c.print(f"  ... and {len(holders) - 3} more")
         self.guard()
+        self.restart()
         return 0
+
+    def restart(self) -> None:
+        """A fast restart of the server while 4 threads query through a pgwarden pool."""
+        c = self.console
+        c.rule("[bold]pgwarden.ConnectionPool through a server restart  "
+               "[dim](pg_ctl restart -m fast)")
+        self.stop.set()  # the story so far is over: its services stop
+        for t in self.threads:
+            t.join(timeout=5)
+        errors: Counter[str] = Counter()
+        served: list[float] = []
+        stop = threading.Event()
+        pool: ConnectionPool[Any] = ConnectionPool(self.conninfo("api-v2"), min_size=4,
+                                                   name="api-v2", timeout=10.0)
+        with pool:
+            pool.wait(10)
+
+            def work() -> None:
+                while not stop.is_set():
+                    where = "at checkout"
+                    try:
+                        with pool.connection() as conn:
+                            where = "in statements"
+                            conn.execute("select count(*) from orders, pg_sleep(0.05)").fetchone()
+                            where = "at COMMIT"
+                    except psycopg.Error:
+                        with self.lock:
+                            errors[where] += 1
+                    else:
+                        with self.lock:
+                            served.append(time.monotonic())
+                    stop.wait(0.002)
+
+            threads = [threading.Thread(target=work, name=f"api-v2-{i}", daemon=True)
+                       for i in range(4)]
+            for t in threads:
+                t.start()
+            time.sleep(0.5)
+            began = time.monotonic()
+            self.pg.restart()
+            back = time.monotonic()
+            deadline = back + 10
+            while time.monotonic() < deadline and not any(t > back for t in served):
+                time.sleep(0.005)
+            time.sleep(0.5)
+            stop.set()
+            for t in threads:
+                t.join(15)
+            stats = pool.get_stats()
+        first = next((t for t in served if t > back), None)
+        after = f"{(first - back) * 1000:.0f} ms" if first is not None else "not within 10 s"
+        self.say("api-v2", f"4 threads, one 50 ms query after another through "
+                 f"pgwarden.ConnectionPool: {len(served)} queries served", "green")
+        c.print(f"errors seen by the threads: {errors['at checkout']} at checkout, "
+                f"{errors['in statements']} in statements, {errors['at COMMIT']} at COMMIT")
+        if errors["at COMMIT"]:
+            c.print("(a COMMIT that the shutdown interrupts is reported: the server rolled the "
+                    "transaction back)")
+        c.print(f"{stats['statements_replayed']} statements killed by the shutdown were run "
+                f"again on the restarted server; pg_ctl restart took "
+                f"{(back - began) * 1000:.0f} ms, and the pool served queries again {after} "
+                "after it returned")
 
     def guard(self) -> None:
         """One enforcing guard pass, then the server's usage and the bot again."""
@@ -278,9 +343,10 @@ class _FirstLine(logging.Handler):
 
 @click.command()
 def demo() -> None:
-    """Show the failures pgwarden exists for on a throwaway PostgreSQL (about 10 s): a leaking
+    """Show the failures pgwarden exists for on a throwaway PostgreSQL (about 15 s): a leaking
     worker, an idle transaction holding a lock, a connection-per-request bot filling the
-    server; then the doctor naming each culprit and the guard freeing the slots."""
+    server; then the doctor naming each culprit, the guard freeing the slots, and a pgwarden
+    pool riding through a server restart."""
     console = Console(highlight=False)
     with console.status("starting a throwaway PostgreSQL ..."):
         d = Demo(console)
