@@ -45,7 +45,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _pool_common import environment, print_table
+from _pool_common import environment, print_table, write_results
 
 WORKERS = 8
 PERIOD = 0.005
@@ -101,35 +101,28 @@ def _watch_stdin(rec: Recorder) -> None:
 def run_sync_worker(name: str, dsn: str, url: str, rec: Recorder) -> None:
     from pgwarden.pool import ConnectionPool
 
-    if name.startswith("pgwarden sync"):
-        # "window=0": validation_window=0, a round trip on every checkout (psycopg_pool's check)
-        window = 0.0 if "window=0" in name else 2.0
-        p = ConnectionPool(dsn, min_size=4, max_size=8, timeout=ACQUIRE_TIMEOUT, name="bench",
-                           validation_window=window)
+    if name.startswith(("pgwarden sync", "psycopg_pool")):
+        if name.startswith("pgwarden sync"):
+            # "window=0": validation_window=0, a round trip on every checkout (psycopg_pool's
+            # check)
+            p: Any = ConnectionPool(dsn, min_size=4, max_size=8, timeout=ACQUIRE_TIMEOUT,
+                                    name="bench",
+                                    validation_window=0.0 if "window=0" in name else 2.0)
+        else:
+            import psycopg_pool
+
+            check = psycopg_pool.ConnectionPool.check_connection if "check" in name else None
+            p = psycopg_pool.ConnectionPool(dsn, min_size=4, max_size=8,
+                                            timeout=ACQUIRE_TIMEOUT, check=check, open=True)
         p.wait(30)
 
-        def one(ph: Phase) -> None:
+        def one(ph: Phase) -> None:  # the same code for both: they share psycopg_pool's API
             with p.connection() as c:
                 ph.at = "statement"
                 c.execute("select 1").fetchone()
                 ph.at = "end of block"
 
         close = p.close
-    elif name.startswith("psycopg_pool"):
-        import psycopg_pool
-
-        check = psycopg_pool.ConnectionPool.check_connection if "check" in name else None
-        pp = psycopg_pool.ConnectionPool(dsn, min_size=4, max_size=8, timeout=ACQUIRE_TIMEOUT,
-                                         check=check, open=True)
-        pp.wait(30)
-
-        def one(ph: Phase) -> None:
-            with pp.connection() as c:
-                ph.at = "statement"
-                c.execute("select 1").fetchone()
-                ph.at = "end of block"
-
-        close = pp.close
     else:
         import sqlalchemy
 
@@ -396,10 +389,7 @@ def main() -> int:
         "events": [{k: v for k, v in e.items()} for e in events],
         "per_event": {name: results[name]["events"] for name in names},
     }
-    path = Path(__file__).resolve().parent / "results" / "recovery.json"
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"\nwrote {path}")
+    write_results("recovery", out)
     return 0
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
 import statistics
 import sys
@@ -34,7 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _pool_common import environment, print_table
+from _pool_common import environment, print_table, write_results
 from pgwarden.embedded import EmbeddedPostgres
 from pgwarden.pool import AsyncConnectionPool, ConnectionPool
 
@@ -324,10 +323,7 @@ def main() -> int:
                     for n, (q, u) in med.items()},
         "leak_detection_cost": leak_cost,
     }
-    path = Path(__file__).resolve().parent / "results" / "throughput.json"
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"\nwrote {path}")
+    write_results("throughput", out)
     return 0
 
 
