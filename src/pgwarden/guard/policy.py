@@ -517,15 +517,12 @@ def protected(
         return f"superuser session (user {s.user!r}; allow_superuser is off)"
     if s.is_replication_role and protection.protect_replication_roles:
         return f"replication role {s.user!r}"
-    hit = _match_glob(protection.applications, s.application)
-    if hit is not None:
-        return f"protected application {s.application!r} (pattern {hit!r})"
-    hit = _match_glob(protection.users, s.user)
-    if hit is not None:
-        return f"protected user {s.user!r} (pattern {hit!r})"
-    hit = _match_glob(protection.databases, s.database)
-    if hit is not None:
-        return f"protected database {s.database!r} (pattern {hit!r})"
+    for what, patterns, value in (("application", protection.applications, s.application),
+                                  ("user", protection.users, s.user),
+                                  ("database", protection.databases, s.database)):
+        hit = _match_glob(patterns, value)
+        if hit is not None:
+            return f"protected {what} {value!r} (pattern {hit!r})"
     hit = _match_network(protection.networks, s.client_addr)
     if hit is not None:
         return f"protected network {hit} (client {s.client_addr or 'local'})"

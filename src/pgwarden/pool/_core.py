@@ -147,14 +147,6 @@ def tx_state(conn: Any) -> str:
         return "broken"
 
 
-def is_disconnect(exc: BaseException) -> bool:
-    """Whether ``exc`` means the session is gone (not a query error)."""
-    if isinstance(exc, psycopg.OperationalError):
-        return True
-    sqlstate = getattr(exc, "sqlstate", None) or ""
-    return sqlstate.startswith(("08", "57P"))
-
-
 #: SQLSTATEs of the server ending a session on its own: admin_shutdown (a shutdown, or
 #: pg_terminate_backend) and crash_shutdown (PostgreSQL docs, Appendix A, class 57)
 SESSION_ENDED = frozenset({"57P01", "57P02"})
@@ -169,14 +161,15 @@ def ended_by_server(exc: BaseException, conn: Any) -> bool:
     return isinstance(exc, psycopg.OperationalError) and conn.pgconn.status != CONN_OK
 
 
-def server_going_down(exc: BaseException) -> bool:
-    """Whether a connection attempt failed because the server is shutting down, starting up or
-    in recovery (57P03 cannot_connect_now) or cannot be reached (refused, timeout: no SQLSTATE),
-    as opposed to refusing this client (bad password 28P01, too many clients 53300, ...)."""
+def going_down(exc: BaseException) -> str | None:
+    """Why the server is going down, if a connection attempt failed with ``exc`` because it is
+    shutting down, starting up or in recovery (57P03 cannot_connect_now) or cannot be reached
+    (refused, timeout: no SQLSTATE); None if it refused this client (bad password 28P01, too
+    many clients 53300, ...) or if ``exc`` is not a connection error."""
     if not isinstance(exc, psycopg.OperationalError):
-        return False
+        return None
     sqlstate = getattr(exc, "sqlstate", None)
-    return sqlstate is None or sqlstate == "57P03"
+    return _first_line(exc) if sqlstate is None or sqlstate == "57P03" else None
 
 
 def log_replayed(pool_name: str, old: Slot, new: Slot, why: str) -> None:

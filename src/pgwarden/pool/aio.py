@@ -520,11 +520,11 @@ class AsyncConnectionPool(_core.PoolProperties, Generic[ACT]):
         try:  # is the server going down, or was only this session ended?
             await (await self._connect()).close()
         except Exception as refused:
-            if not _core.server_going_down(refused):
-                return False
-            why = _core._first_line(refused)
+            why = _core.going_down(refused)
         else:
-            return False  # pg_terminate_backend of this session: the caller must know
+            why = None  # it accepts: pg_terminate_backend of this session, the caller must know
+        if why is None:
+            return False
         self._start_connects(self._core.session_ended(slot, _monotonic()))
         try:
             fresh = await self._getconn(None)

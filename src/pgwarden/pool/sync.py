@@ -604,11 +604,11 @@ class ConnectionPool(_core.PoolProperties, Generic[CT]):
         try:  # is the server going down, or was only this session ended?
             self._connect().close()
         except Exception as refused:
-            if not _core.server_going_down(refused):
-                return False
-            why = _core._first_line(refused)
+            why = _core.going_down(refused)
         else:
-            return False  # pg_terminate_backend of this session: the caller must know
+            why = None  # it accepts: pg_terminate_backend of this session, the caller must know
+        if why is None:
+            return False
         with self._lock:
             n = self._core.session_ended(slot, _monotonic())
         self._start_connects(n)
