@@ -4,7 +4,7 @@ Opens 100, 500 and 1000 real idle sessions on an embedded PostgreSQL (loopback o
 side by side in one run:
 
 - ``baseline``: the query people paste by hand, ``SELECT * FROM pg_stat_activity``, fetched;
-- ``snapshot``: pgwarden's ``activity.take`` (server facts, settings, activity, session counter);
+- ``snapshot``: pgwarden's ``postgres.take`` (server facts, settings, activity, session counter);
 - ``rules``: ``doctor.evaluate`` on that snapshot (pure Python);
 - ``total``: snapshot + rules, what ``pgwarden doctor`` spends besides connecting.
 
@@ -26,9 +26,9 @@ from typing import Any
 import psycopg
 
 from _common import median_ms, open_sessions
-from pgwarden import activity
 from pgwarden.doctor import Thresholds, evaluate
 from pgwarden.embedded import EmbeddedPostgres
+from pgwarden.sources import postgres
 
 
 def main() -> int:
@@ -47,10 +47,10 @@ def main() -> int:
                 time.sleep(0.2)
                 base_ms, _ = median_ms(
                     lambda: conn.execute(b"select * from pg_stat_activity").fetchall(), args.runs)
-                snap_ms, snap = median_ms(lambda: activity.take(conn), args.runs)
+                snap_ms, snap = median_ms(lambda: postgres.take(conn), args.runs)
                 rules_ms, findings = median_ms(lambda s=snap: evaluate(s, Thresholds()), args.runs)
                 total_ms, _ = median_ms(
-                    lambda: evaluate(activity.take(conn), Thresholds()), args.runs)
+                    lambda: evaluate(postgres.take(conn), Thresholds()), args.runs)
                 assert len(snap.client_backends) >= n, (len(snap.client_backends), n)
                 rows.append({"sessions": n, "baseline_ms": round(base_ms, 2),
                              "snapshot_ms": round(snap_ms, 2), "rules_ms": round(rules_ms, 2),

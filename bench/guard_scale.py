@@ -5,7 +5,7 @@ max_connections = largest size + 100) and times, side by side in one run, median
 
 - ``script``: what the hand-written cron script runs: ``pg_stat_activity`` rows of client
   backends, fetched (no settings, no privileges, no protection);
-- ``snapshot``: pgwarden's ``activity.take`` (server facts, settings, activity, session counter);
+- ``snapshot``: pgwarden's ``postgres.take`` (server facts, settings, activity, session counter);
 - ``policy``: ``guard.decide`` on that snapshot (pure Python), with a worst-case policy: every
   session is a candidate of the ``idle`` rule (protection check, sort, limits for all of them),
   plus the idle-in-transaction and active rules and the emergency mode;
@@ -32,9 +32,9 @@ from typing import Any
 import psycopg
 
 from _common import median_ms, open_sessions
-from pgwarden import activity
 from pgwarden.embedded import EmbeddedPostgres
 from pgwarden.guard import Emergency, Guard, Policy, Rule, Scope, decide
+from pgwarden.sources import postgres
 
 POLICY = Policy(
     rules=(
@@ -70,9 +70,9 @@ def main() -> int:
                 held += open_sessions(pg, n - len(held), len(held), threads=4, user="app", password="app")
                 time.sleep(0.2)
                 script_ms, _ = median_ms(lambda: conn.execute(SCRIPT_SQL).fetchall(), args.runs)
-                snap_ms, snap = median_ms(lambda: activity.take(conn), args.runs)
+                snap_ms, snap = median_ms(lambda: postgres.take(conn), args.runs)
                 policy_ms, plan = median_ms(lambda s=snap: decide(s, POLICY), args.runs)
-                pass_ms, _ = median_ms(lambda: decide(activity.take(conn), POLICY), args.runs)
+                pass_ms, _ = median_ms(lambda: decide(postgres.take(conn), POLICY), args.runs)
                 run_ms, result = median_ms(guard.run_pass, args.runs)
                 assert len(snap.client_backends) >= n, (len(snap.client_backends), n)
                 assert plan.candidates >= n and not result.enforce

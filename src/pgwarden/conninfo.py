@@ -27,16 +27,17 @@ import psycopg
 from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from .errors import ConfigError
+from .errors import ConfigError, PgwardenError
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
     "ENV_DSN",
     "Target",
+    "check_values",
     "connect",
+    "connect_error",
     "redact",
     "resolve",
-    "server_message",
 ]
 
 #: Seconds pgwarden waits for a connection by default (libpq waits forever: connect_timeout=0).
@@ -97,6 +98,71 @@ def _has_password(dsn: str) -> bool:
     return redact(dsn) != dsn or "password" in dsn.lower()
 
 
+#: Values libpq accepts for its enumerated parameters (libpq-connect.html#LIBPQ-PARAMKEYWORDS;
+#: libpq compares the TLS versions case-insensitively). Parameters not listed here are still
+#: checked by libpq itself when connecting, and :func:`connect_error` reports its verdict as a
+#: usage error (:class:`ConfigError`), so an invalid value never reaches the network twice.
+_ENUM_VALUES: dict[str, tuple[str, ...]] = {
+    "sslmode": ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
+    "gssencmode": ("disable", "prefer", "require"),
+    "target_session_attrs": (
+        "any", "read-write", "read-only", "primary", "standby", "prefer-standby",
+    ),
+    "channel_binding": ("disable", "prefer", "require"),
+    "load_balance_hosts": ("disable", "random"),
+    "sslnegotiation": ("postgres", "direct"),
+    "sslcertmode": ("disable", "allow", "require"),
+    "ssl_min_protocol_version": ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"),
+    "ssl_max_protocol_version": ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"),
+    "replication": ("true", "on", "yes", "1", "false", "off", "no", "0", "database"),
+}
+_CASELESS = ("ssl_min_protocol_version", "ssl_max_protocol_version", "replication")
+#: Parameters libpq parses as integers (seconds, or milliseconds for tcp_user_timeout).
+_INT_PARAMS = (
+    "connect_timeout", "keepalives", "keepalives_idle", "keepalives_interval",
+    "keepalives_count", "tcp_user_timeout",
+)
+_INT_RE = re.compile(r"^\s*[+-]?\d+\s*$")
+
+
+def check_values(params: Mapping[str, Any], source: str = "the DSN") -> None:
+    """Check the values of libpq's typed parameters before any connection attempt: ports
+    (1-65535, one per host), integers (``connect_timeout``, keepalives, ``tcp_user_timeout``)
+    and enumerations (``sslmode``, ``target_session_attrs``, ...).
+
+    Raises:
+        ConfigError: the first invalid value, with the parameter, where it came from and the
+            allowed values (never the password: it is not a typed parameter).
+    """
+    def bad(key: str, value: Any, allowed: str) -> ConfigError:
+        return ConfigError(
+            f"invalid connection parameter (from {source}): {key}={str(value)[:80]!r}; "
+            f"expected {allowed}"
+        )
+
+    for key, value in params.items():
+        if value is None or value == "":
+            continue
+        text = str(value)
+        if key == "port":
+            for part in text.split(","):
+                part = part.strip()
+                if part and not (part.isdigit() and 1 <= int(part) <= 65535):
+                    raise bad(key, value, "a port number from 1 to 65535 (one per host)")
+        elif key in _INT_PARAMS:
+            if not _INT_RE.match(text):
+                raise bad(key, value, "a whole number"
+                          + (" of milliseconds" if key == "tcp_user_timeout" else
+                             " of seconds" if key != "keepalives" and key != "keepalives_count"
+                             else ""))
+        elif key in _ENUM_VALUES:
+            allowed = _ENUM_VALUES[key]
+            ok = (text.lower() in (a.lower() for a in allowed) if key in _CASELESS
+                  else text in allowed)
+            if not ok:
+                raise bad(key, value, "one of " + ", ".join(allowed))
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
     """A resolved connection target.
@@ -146,6 +212,8 @@ def _libpq_defaults() -> dict[str, str]:
 def _build(conninfo: str, source: str) -> Target:
     params = conninfo_to_dict(conninfo)
     defaults = _libpq_defaults()
+    check_values({k: v for k, v in defaults.items() if not params.get(k)},
+                 "libpq's PG* environment variables")
 
     def eff(key: str, fallback: str = "") -> str:
         value = params.get(key)
@@ -154,13 +222,7 @@ def _build(conninfo: str, source: str) -> Target:
         return str(value)
 
     host = eff("host") or eff("hostaddr") or None
-    port_text = eff("port", "5432").split(",")[0] or "5432"
-    try:
-        port = int(port_text)
-    except ValueError as exc:
-        raise ConfigError(
-            f"malformed DSN (from {source}): port {port_text!r} is not a number"
-        ) from exc
+    port = int(eff("port", "5432").split(",")[0].strip() or "5432")  # checked by check_values
     user = eff("user")
     dbname = eff("dbname") or user
     try:
@@ -224,6 +286,8 @@ def resolve(
             "postgresql://user@host:5432/dbname or key=value pairs like "
             "'host=db port=5432 dbname=app user=app'"
         ) from None
+    check_values(given, source)
+    check_values(params, "keyword arguments")
     extra: dict[str, Any] = dict(params)
     if command:
         extra["application_name"] = f"pgwarden-{command}"
@@ -236,47 +300,45 @@ def resolve(
     return _build(conninfo, source)
 
 
-_LIBPQ_PREFIX_RE = re.compile(
-    r"^(?:connection failed:\s*)?(?:connection to server (?:at|on) .*? failed:\s*)?", re.IGNORECASE
-)
+def connect_error(target: Target, exc: BaseException) -> PgwardenError:
+    """The pgwarden error for a failed connection attempt to ``target``, classified by
+    :func:`pgwarden.diagnose.classify` (the one place that says what a failure means).
 
+    Returns:
+        :class:`ConfigError` when the connection parameters are invalid (a usage error),
+        :class:`ServerFullError` when the server has no slot, else :class:`ConnectError`; the
+        message says where (no password), what the server or libpq said and what it means.
+    """
+    from .diagnose import classify
+    from .errors import ConnectError, ServerFullError
 
-def server_message(exc: BaseException) -> str:
-    """The meaningful line of a libpq connection error, e.g.
-    ``FATAL: password authentication failed for user "app"`` (never contains a password:
-    libpq does not echo it; the exception's ``repr`` can, so only ``str`` is used)."""
-    lines = [_LIBPQ_PREFIX_RE.sub("", ln.strip()) for ln in str(exc).splitlines()]
-    text = re.sub(r"\s+", " ", " ".join(ln for ln in lines if ln)).strip()
-    return text or type(exc).__name__
+    failure = classify(exc, connecting=True)
+    if failure.kind == "invalid":
+        return ConfigError(
+            f"invalid connection parameter (from {target.source}): {failure.said}; the allowed "
+            "values are in libpq's documentation (libpq-connect.html#LIBPQ-PARAMKEYWORDS)"
+        )
+    meaning = f" ({failure.title})" if failure.title else ""
+    cls = ServerFullError if failure.kind == "server_full" else ConnectError
+    return cls(
+        f"cannot connect to {target.where}: {failure.said}{meaning}",
+        target=target.redacted,
+        server_said=failure.said,
+        diagnosis_id=failure.diagnosis.id if failure.diagnosis is not None else None,
+        sqlstate=failure.sqlstate,
+        kind=failure.kind,
+    )
 
 
 def connect(target: Target, *, autocommit: bool = True) -> psycopg.Connection[Any]:
     """Open pgwarden's own connection to ``target``.
 
     Raises:
-        ServerFullError: the server answered SQLSTATE 53300 (too many clients).
-        ConnectError: any other failure; the message says where (redacted), what the server
-            or libpq said, and what it means (from :mod:`pgwarden.diagnose`).
+        ServerFullError: the server has no free slot for this role (SQLSTATE 53300).
+        ConnectError: any other failure to connect (:func:`connect_error` says which).
+        ConfigError: libpq rejected a connection parameter's value.
     """
-    from .diagnose import diagnose
-    from .errors import ConnectError, ServerFullError
-
     try:
         return psycopg.connect(target.conninfo, autocommit=autocommit)
-    except psycopg.OperationalError as exc:
-        said = server_message(exc)
-        found = diagnose(said)
-        meaning = f" ({found.title})" if found else ""
-        message = f"cannot connect to {target.where}: {said}{meaning}"
-        if found is not None and found.id == "too_many_clients":
-            raise ServerFullError(
-                message, target=target.redacted, server_said=said, diagnosis_id=found.id,
-                sqlstate="53300",
-            ) from None
-        raise ConnectError(
-            message,
-            target=target.redacted,
-            server_said=said,
-            diagnosis_id=found.id if found else None,
-            sqlstate=(found.sqlstates[0] if found and found.sqlstates else None),
-        ) from None
+    except psycopg.Error as exc:
+        raise connect_error(target, exc) from None

@@ -25,22 +25,22 @@ import time
 from collections import Counter
 from typing import Any
 
-import click
 import psycopg
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from . import activity
-from .conninfo import resolve, server_message
+from .conninfo import resolve
+from .diagnose import server_message
 from .doctor.report import render_report
 from .doctor.rules import Thresholds
 from .doctor.run import examine
 from .embedded import EmbeddedPostgres
 from .guard import Guard, Policy
 from .pool import ConnectionPool
+from .sources import postgres
 
-__all__ = ["Demo", "demo"]
+__all__ = ["Demo"]
 
 APP_PASSWORD = "demo-app-password"  # noqa: S105 - a throwaway loopback-only cluster
 
@@ -155,7 +155,7 @@ class Demo:
     def usage(self) -> str:
         with psycopg.connect(self.pg.conninfo(application_name="pgwarden-demo"),
                              autocommit=True) as conn:
-            snap = activity.take(conn)
+            snap = postgres.take(conn)
         return f"{snap.used_slots}/{snap.usable_slots} usable slots in use ({snap.usage:.0%})"
 
     def run(self) -> int:
@@ -339,16 +339,3 @@ class _FirstLine(logging.Handler):
         first = record.getMessage().splitlines()[0].split(" Checkout stack")[0]
         self.demo.say("pgwarden", first.replace("pool 'worker': ", "worker pool: ")
                       + " (the same for each leak after it)", "magenta")
-
-
-@click.command()
-def demo() -> None:
-    """Show the failures pgwarden exists for on a throwaway PostgreSQL (about 15 s): a leaking
-    worker, an idle transaction holding a lock, a connection-per-request bot filling the
-    server; then the doctor naming each culprit, the guard freeing the slots, and a pgwarden
-    pool riding through a server restart."""
-    console = Console(highlight=False)
-    with console.status("starting a throwaway PostgreSQL ..."):
-        d = Demo(console)
-    with d:
-        d.run()

@@ -1,10 +1,13 @@
-"""What a connection error means and how to fix it.
+"""THE classifier: what a connection error means, how to fix it, and how to retry it.
 
-One table, used by ``pgwarden explain``, by ``pgwarden check`` and the doctor when they cannot
-connect, and by the pool when it reports why the server is unreachable. Each entry names the
-SQLSTATE (https://www.postgresql.org/docs/current/errcodes-appendix.html) or the message a
-client library prints (libpq, psycopg, psycopg_pool, SQLAlchemy, asyncpg), the likely causes
-and the fixes.
+One table, :data:`DIAGNOSES`, answers every "what does this failure mean" question in pgwarden:
+``pgwarden explain``; ``check``, the doctor and every other command when they cannot connect or
+lose the server (through :func:`classify`, in the CLI's one error boundary); and the pools, whose
+retry cadence depends on the :attr:`Diagnosis.kind` (:func:`classify` again). Each entry names
+the SQLSTATE (https://www.postgresql.org/docs/current/errcodes-appendix.html) and the messages
+the server and the client libraries print (libpq, psycopg, psycopg_pool, SQLAlchemy, asyncpg)
+for every supported PostgreSQL version: psycopg gives no SQLSTATE for errors raised while
+connecting, so the message is matched there (the server's wording changed in PostgreSQL 16).
 """
 
 from __future__ import annotations
@@ -12,7 +15,34 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["DIAGNOSES", "Diagnosis", "by_id", "diagnose", "explain"]
+__all__ = [
+    "DIAGNOSES",
+    "KINDS",
+    "Diagnosis",
+    "Failure",
+    "by_id",
+    "classify",
+    "diagnose",
+    "explain",
+    "server_message",
+]
+
+#: What a failure means for whoever retries it and for the CLI's exit code:
+#:
+#: ``unreachable``   nothing answers (refused, unknown host, timeout): retry soon (exit 3)
+#: ``going_down``    the server is starting, stopping or in recovery (57P03): retry soon (3)
+#: ``server_full``   no connection slot (53300): retry about once a second (3)
+#: ``rejected``      this client is refused (password, pg_hba.conf, missing role or database,
+#:                   TLS mismatch): retrying soon will not help (3)
+#: ``invalid``       the connection parameters themselves are invalid: a usage error (64)
+#: ``session_ended`` the server ended an open session (restart, pg_terminate_backend) (3)
+#: ``permission``    the role lacks a privilege (42501) (4)
+#: ``query``         a statement failed (cancelled, timed out)
+#: ``client``        the client's own usage: its pool ran dry, one connection shared by two tasks
+KINDS = (
+    "unreachable", "going_down", "server_full", "rejected", "invalid", "session_ended",
+    "permission", "query", "client",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +56,7 @@ class Diagnosis:
         patterns: regular expressions (case-insensitive) matched against the message.
         causes: the usual causes, most likely first.
         fixes: what to do, most effective first.
+        kind: one of :data:`KINDS`: how to retry it, which exit code the CLI gives.
         source: where the behaviour is documented.
     """
 
@@ -35,14 +66,11 @@ class Diagnosis:
     patterns: tuple[str, ...]
     causes: tuple[str, ...]
     fixes: tuple[str, ...]
+    kind: str
     source: str = ""
 
-    def matches(self, text: str) -> bool:
-        stripped = text.strip()
-        if stripped.upper() in self.sqlstates:
-            return True
-        if any(code in stripped for code in self.sqlstates if len(stripped) > 5):
-            return True
+    def matches_message(self, text: str) -> bool:
+        """Whether one of :attr:`patterns` occurs in ``text``."""
         return any(re.search(p, text, re.IGNORECASE) for p in self.patterns)
 
 
@@ -51,13 +79,44 @@ _ERRCODES = "https://www.postgresql.org/docs/current/errcodes-appendix.html"
 DIAGNOSES: tuple[Diagnosis, ...] = (
     Diagnosis(
         id="too_many_clients",
-        title="the server is full: every connection slot is taken",
+        kind="server_full",
+        title="the server is full: every connection slot is taken, the superuser reserve too",
         sqlstates=("53300",),
         patterns=(
             r"too many clients already",
-            r"remaining connection slots are reserved",
             r"too_many_connections",
             r"TooManyConnectionsError",
+        ),
+        causes=(
+            "the pools of all services together are larger than max_connections (each process "
+            "of a gunicorn/Celery deployment has its own pool), and superusers or roles with "
+            "pg_use_reserved_connections took the reserved slots as well",
+            "leaked or idle sessions pile up: connections checked out and never returned, "
+            "or sessions left idle in transaction",
+            "a client opens a new connection per request instead of using a pool",
+        ),
+        fixes=(
+            "no new session gets in, not even a superuser's: free one from a session that is "
+            "already connected (SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+            "state = 'idle' AND ...), or stop or restart one of the client applications",
+            "on the server's host, end an idle backend process: `pg_ctl kill TERM PID` (or "
+            "`kill PID`, never -9) for a pid `ps` shows as '... idle'",
+            "then run `pgwarden doctor` as a superuser to see which applications hold the slots",
+            "make the sum of every pool's max_size (processes x max_size, per service) fit the "
+            "usable slots (`pgwarden budget`), or put PgBouncer in front of the server",
+        ),
+        source=_ERRCODES,
+    ),
+    Diagnosis(
+        id="reserved_slots_only",
+        kind="server_full",
+        title="the server is full for ordinary roles: only the reserved slots are left",
+        sqlstates=("53300",),
+        patterns=(
+            # PostgreSQL <= 15: "... for non-replication superuser connections"; 16+: "... for
+            # roles with the SUPERUSER attribute" / "... with privileges of the
+            # "pg_use_reserved_connections" role"
+            r"remaining connection slots are reserved",
         ),
         causes=(
             "the pools of all services together are larger than max_connections minus the "
@@ -68,18 +127,19 @@ DIAGNOSES: tuple[Diagnosis, ...] = (
         ),
         fixes=(
             "run `pgwarden doctor` as a superuser or a role with pg_use_reserved_connections "
-            "(PostgreSQL 16+) to see which applications hold the slots",
-            "free slots now: `pgwarden guard --once --enforce --idle-after 600` (or "
-            "SELECT pg_terminate_backend(pid) for the idle sessions doctor names)",
+            "(PostgreSQL 16+): the reserved slots let it in, and it names which applications "
+            "hold the others",
+            "free slots now: `pgwarden guard --once --enforce --idle-after 600` from such a role "
+            "(or SELECT pg_terminate_backend(pid) for the idle sessions the doctor names)",
             "make the sum of every pool's max_size (processes x max_size, per service) fit the "
-            "usable slots, "
-            "or put PgBouncer in front of the server",
+            "usable slots (`pgwarden budget`), or put PgBouncer in front of the server",
             "set idle_in_transaction_session_timeout (e.g. '60s') so abandoned transactions end",
         ),
-        source=_ERRCODES,
+        source="https://www.postgresql.org/docs/current/runtime-config-connection.html",
     ),
     Diagnosis(
         id="pool_exhausted",
+        kind="client",
         title="the application's own pool ran dry: every connection is checked out",
         sqlstates=(),
         patterns=(
@@ -108,6 +168,7 @@ DIAGNOSES: tuple[Diagnosis, ...] = (
     ),
     Diagnosis(
         id="admin_shutdown",
+        kind="session_ended",
         title="the server terminated the session (administrator command, restart or guard)",
         sqlstates=("57P01",),
         patterns=(r"terminating connection due to administrator command", r"AdminShutdown"),
@@ -127,6 +188,7 @@ DIAGNOSES: tuple[Diagnosis, ...] = (
     ),
     Diagnosis(
         id="crash_shutdown",
+        kind="session_ended",
         title="the server crashed or was stopped in immediate mode",
         sqlstates=("57P02",),
         patterns=(r"terminating connection because of crash of another server process",),
@@ -136,6 +198,7 @@ DIAGNOSES: tuple[Diagnosis, ...] = (
     ),
     Diagnosis(
         id="cannot_connect_now",
+        kind="going_down",
         title="the server is starting up, shutting down or in recovery",
         sqlstates=("57P03",),
         patterns=(
@@ -154,6 +217,7 @@ DIAGNOSES: tuple[Diagnosis, ...] = (
     ),
     Diagnosis(
         id="idle_in_transaction_timeout",
+        kind="session_ended",
         title="the session stayed idle inside a transaction past "
         "idle_in_transaction_session_timeout",
         sqlstates=("25P03",),
@@ -171,6 +235,7 @@ DIAGNOSES: tuple[Diagnosis, ...] = (
     ),
     Diagnosis(
         id="idle_session_timeout",
+        kind="session_ended",
         title="the server closed an idle session (idle_session_timeout)",
         sqlstates=("57P05",),
         patterns=(r"terminating connection due to idle-session timeout",),
@@ -183,6 +248,7 @@ DIAGNOSES: tuple[Diagnosis, ...] = (
     ),
     Diagnosis(
         id="connection_closed",
+        kind="session_ended",
         title="the connection was already closed when the code used it",
         sqlstates=(),
         patterns=(
@@ -208,6 +274,7 @@ DIAGNOSES: tuple[Diagnosis, ...] = (
     ),
     Diagnosis(
         id="ssl_closed",
+        kind="session_ended",
         title="the TLS connection was cut by the server or the network",
         sqlstates=(),
         patterns=(
@@ -229,6 +296,7 @@ DIAGNOSES: tuple[Diagnosis, ...] = (
     ),
     Diagnosis(
         id="server_closed",
+        kind="session_ended",
         title="the server closed the connection unexpectedly",
         sqlstates=("08006", "08003"),
         patterns=(
@@ -254,6 +322,7 @@ DIAGNOSES: tuple[Diagnosis, ...] = (
     ),
     Diagnosis(
         id="another_operation",
+        kind="client",
         title="two operations ran on one connection at the same time",
         sqlstates=(),
         patterns=(
@@ -272,6 +341,7 @@ DIAGNOSES: tuple[Diagnosis, ...] = (
     ),
     Diagnosis(
         id="connection_refused",
+        kind="unreachable",
         title="nothing accepts connections at that host and port",
         sqlstates=(),
         patterns=(r"Connection refused", r"could not connect to server", r"ConnectionRefusedError"),
@@ -288,6 +358,7 @@ DIAGNOSES: tuple[Diagnosis, ...] = (
     ),
     Diagnosis(
         id="host_unknown",
+        kind="unreachable",
         title="the host name does not resolve",
         sqlstates=(),
         patterns=(
@@ -301,6 +372,7 @@ DIAGNOSES: tuple[Diagnosis, ...] = (
     ),
     Diagnosis(
         id="timeout",
+        kind="unreachable",
         title="the connection attempt timed out",
         sqlstates=(),
         patterns=(r"timeout expired", r"timed out", r"Connection timed out"),
@@ -315,6 +387,7 @@ DIAGNOSES: tuple[Diagnosis, ...] = (
     ),
     Diagnosis(
         id="auth_failed",
+        kind="rejected",
         title="the server rejected the user name or password",
         sqlstates=("28P01",),
         patterns=(r"password authentication failed", r"InvalidPasswordError"),
@@ -327,6 +400,7 @@ DIAGNOSES: tuple[Diagnosis, ...] = (
     ),
     Diagnosis(
         id="no_password",
+        kind="rejected",
         title="the server asks for a password and none was given",
         sqlstates=(),
         patterns=(r"no password supplied", r"fe_sendauth: no password"),
@@ -335,6 +409,7 @@ DIAGNOSES: tuple[Diagnosis, ...] = (
     ),
     Diagnosis(
         id="hba_rejected",
+        kind="rejected",
         title="pg_hba.conf has no entry that lets this client in",
         sqlstates=("28000",),
         patterns=(r"no pg_hba\.conf entry", r"pg_hba\.conf rejects connection"),
@@ -348,6 +423,7 @@ DIAGNOSES: tuple[Diagnosis, ...] = (
     ),
     Diagnosis(
         id="role_missing",
+        kind="rejected",
         title="the role does not exist",
         sqlstates=(),
         patterns=(r'role "[^"]*" does not exist',),
@@ -356,6 +432,7 @@ DIAGNOSES: tuple[Diagnosis, ...] = (
     ),
     Diagnosis(
         id="database_missing",
+        kind="rejected",
         title="the database does not exist",
         sqlstates=("3D000",),
         patterns=(r'database "[^"]*" does not exist', r"InvalidCatalogNameError"),
@@ -365,6 +442,7 @@ DIAGNOSES: tuple[Diagnosis, ...] = (
     ),
     Diagnosis(
         id="too_many_connections_for_role",
+        kind="server_full",
         title="the role or database reached its own connection limit",
         sqlstates=(),
         patterns=(r"too many connections for role", r"too many connections for database"),
@@ -375,6 +453,7 @@ DIAGNOSES: tuple[Diagnosis, ...] = (
     ),
     Diagnosis(
         id="query_canceled",
+        kind="query",
         title="the query was cancelled (statement_timeout or a cancel request)",
         sqlstates=("57014",),
         patterns=(
@@ -391,17 +470,53 @@ DIAGNOSES: tuple[Diagnosis, ...] = (
     ),
     Diagnosis(
         id="ssl_required",
+        kind="rejected",
         title="the server or the client requires TLS and the other side does not offer it",
         sqlstates=(),
         patterns=(r"server does not support SSL", r"SSL off", r"SSL is not enabled"),
         causes=("sslmode=require against a server without TLS, or hostssl without TLS",),
         fixes=("align sslmode with the server (sslmode=prefer tries TLS and falls back)",),
     ),
+    Diagnosis(
+        id="invalid_parameter",
+        kind="invalid",
+        title="a connection parameter is invalid (the DSN, DATABASE_URL or PG* variables)",
+        sqlstates=(),
+        patterns=(
+            r'invalid "?[a-z_]+"? value:',
+            r"invalid integer value .* for connection option",
+            r"invalid port number",
+            r"bad value for [a-z_]+",
+            r"invalid connection option",
+            r"invalid URI query parameter",
+            r'missing "=" after',
+            r"unterminated quoted string in connection info",
+            r"invalid percent-encoded token",
+        ),
+        causes=("a typo in a parameter value, e.g. sslmode=requir or connect_timeout=5s",),
+        fixes=(
+            "fix the value; the allowed values of each parameter are in libpq's documentation",
+        ),
+        source="https://www.postgresql.org/docs/current/libpq-connect.html#LIBPQ-PARAMKEYWORDS",
+    ),
+    Diagnosis(
+        id="permission_denied",
+        kind="permission",
+        title="the role lacks a privilege the statement needs",
+        sqlstates=("42501",),
+        patterns=(r"permission denied for", r"must be a member of the role whose"),
+        causes=("the connected role is not a superuser and was not granted the privilege",),
+        fixes=(
+            "GRANT the predefined role the command needs (pg_monitor to see every session, "
+            "pg_signal_backend to cancel or terminate them) to the connected role",
+        ),
+        source="https://www.postgresql.org/docs/current/predefined-roles.html",
+    ),
 )
 
 
 def diagnose(text: str) -> Diagnosis | None:
-    """The first diagnosis whose SQLSTATE or message pattern matches ``text``, or ``None``."""
+    """The best diagnosis for ``text`` (an error message or a SQLSTATE), or ``None``."""
     found = explain(text)
     return found[0] if found else None
 
@@ -409,14 +524,97 @@ def diagnose(text: str) -> Diagnosis | None:
 def explain(text: str) -> list[Diagnosis]:
     """Every diagnosis that matches ``text`` (an error message or a SQLSTATE), best first.
 
-    A bare SQLSTATE (``53300``) matches only by code; a message matches by pattern and by any
-    SQLSTATE it quotes.
+    A bare SQLSTATE (``53300``) matches by code. A message matches by pattern; diagnoses it
+    matches only through a SQLSTATE it quotes come after those.
     """
     if not text or not text.strip():
         return []
-    return [d for d in DIAGNOSES if d.matches(text)]
+    stripped = text.strip()
+    if stripped.upper() in _ALL_SQLSTATES:
+        return [d for d in DIAGNOSES if stripped.upper() in d.sqlstates]
+    by_pattern = [d for d in DIAGNOSES if d.matches_message(text)]
+    by_code = [d for d in DIAGNOSES
+               if d not in by_pattern and any(code in stripped for code in d.sqlstates)]
+    return by_pattern + by_code
 
 
 def by_id(diagnosis_id: str | None) -> Diagnosis | None:
     """The diagnosis with this id (as carried by :class:`pgwarden.errors.ConnectError`)."""
     return next((d for d in DIAGNOSES if d.id == diagnosis_id), None)
+
+
+_ALL_SQLSTATES = frozenset(code for d in DIAGNOSES for code in d.sqlstates)
+
+_LIBPQ_PREFIX_RE = re.compile(
+    r"^(?:connection (?:failed|is bad):\s*)?(?:connection to server (?:at|on) .*? failed:\s*)?",
+    re.IGNORECASE,
+)
+
+
+def server_message(exc: BaseException) -> str:
+    """The meaningful line of a psycopg / libpq error, e.g.
+    ``FATAL: password authentication failed for user "app"`` (libpq's "connection to server
+    at ... failed:" prefix dropped; whitespace folded). Never contains a password: libpq does not
+    echo it, and only ``str(exc)`` is used (an exception's ``repr`` can hold the conninfo)."""
+    lines = [_LIBPQ_PREFIX_RE.sub("", ln.strip()) for ln in str(exc).splitlines()]
+    text = re.sub(r"\s+", " ", " ".join(ln for ln in lines if ln)).strip()
+    return text or type(exc).__name__
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """What an exception means (:func:`classify`).
+
+    Attributes:
+        kind: one of :data:`KINDS`.
+        said: what the server or libpq said (:func:`server_message`; no password).
+        diagnosis: the matching entry of :data:`DIAGNOSES`, or ``None``.
+        sqlstate: the SQLSTATE the server sent, else the diagnosis's, else ``None``.
+    """
+
+    kind: str
+    said: str
+    diagnosis: Diagnosis | None
+    sqlstate: str | None
+
+    @property
+    def title(self) -> str:
+        """The diagnosis's title, or ``""``."""
+        return self.diagnosis.title if self.diagnosis is not None else ""
+
+    @property
+    def fix(self) -> str:
+        """The diagnosis's first fix, or ``""``."""
+        return self.diagnosis.fixes[0] if self.diagnosis is not None else ""
+
+
+def classify(exc: BaseException, *, connecting: bool = False) -> Failure:
+    """What ``exc`` means: by the SQLSTATE the server sent where there is one, else by the
+    message (psycopg gives no SQLSTATE for errors raised while connecting).
+
+    Args:
+        exc: any exception (usually a ``psycopg.Error``).
+        connecting: ``exc`` came from a connection attempt. An unmatched failure then counts
+            as ``unreachable``; after connecting, an unmatched ``psycopg.OperationalError``
+            counts as ``session_ended`` (the server or the network dropped the session) and any
+            other unmatched exception as ``query``.
+    """
+    said = server_message(exc)
+    sqlstate = getattr(exc, "sqlstate", None)
+    found: Diagnosis | None = None
+    if isinstance(sqlstate, str) and sqlstate in _ALL_SQLSTATES:
+        by_code = [d for d in DIAGNOSES if sqlstate in d.sqlstates]
+        found = next((d for d in by_code if d.matches_message(said)), by_code[0])
+    if found is None:
+        found = next((d for d in DIAGNOSES if d.matches_message(said)), None)
+    if found is not None:
+        kind = found.kind
+    elif connecting:
+        kind = "unreachable"
+    else:
+        import psycopg  # psycopg is a dependency; imported here to keep this module light
+
+        kind = "session_ended" if isinstance(exc, psycopg.OperationalError) else "query"
+    if not isinstance(sqlstate, str):
+        sqlstate = found.sqlstates[0] if found is not None and found.sqlstates else None
+    return Failure(kind=kind, said=said, diagnosis=found, sqlstate=sqlstate)

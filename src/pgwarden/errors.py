@@ -8,7 +8,8 @@
     ├── EmbeddedError                         the throwaway cluster failed
     ├── ConnectError (also psycopg.OperationalError)  could not connect          CLI exit 3
     │   └── ServerFullError                   SQLSTATE 53300, too many clients
-    ├── PermissionMissing                     the role lacks a needed privilege
+    ├── PermissionMissing                     the role lacks a needed privilege   CLI exit 4
+    ├── AuditError (also OSError)              the guard's audit log cannot be written CLI exit 74
     └── PoolError (also psycopg.OperationalError)
         ├── PoolTimeout                       no connection within ``timeout``
         ├── PoolClosed                        the pool is closed
@@ -23,6 +24,7 @@ from __future__ import annotations
 import psycopg
 
 __all__ = [
+    "AuditError",
     "ConfigError",
     "ConfigFileError",
     "ConnectError",
@@ -75,6 +77,8 @@ class ConnectError(PgwardenError, psycopg.OperationalError):
             failed for user "app"``), without the target.
         diagnosis_id: id of the matching :mod:`pgwarden.diagnose` entry, or ``None``.
         sqlstate: the SQLSTATE where the server sent one (or it is known from the message).
+        kind: what the failure means (:data:`pgwarden.diagnose.KINDS`): ``unreachable``,
+            ``going_down``, ``server_full``, ``rejected``, ...
     """
 
     def __init__(
@@ -85,9 +89,11 @@ class ConnectError(PgwardenError, psycopg.OperationalError):
         server_said: str = "",
         diagnosis_id: str | None = None,
         sqlstate: str | None = None,
+        kind: str = "unreachable",
     ) -> None:
         self._sqlstate = sqlstate  # before psycopg.Error.__init__, which reads .sqlstate
         super().__init__(message)
+        self.kind = kind
         self.target = target
         self.server_said = server_said
         self.diagnosis_id = diagnosis_id
@@ -103,6 +109,19 @@ class ServerFullError(ConnectError):
 
 class PermissionMissing(PgwardenError):
     """The connected role lacks a privilege the operation needs (the message names it)."""
+
+
+class AuditError(PgwardenError, OSError):
+    """An audit destination of the guard cannot be opened or written (a missing directory, a
+    closed pipe, a full disk). The guard stops rather than act without an audit record.
+
+    Attributes:
+        destination: the path, or ``-`` for stdout.
+    """
+
+    def __init__(self, message: str, *, destination: str) -> None:
+        super().__init__(message)
+        self.destination = destination
 
 
 class PoolError(PgwardenError, psycopg.OperationalError):

@@ -9,8 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pgwarden.activity.records import Server, Session, Settings, Snapshot
 from pgwarden.embedded import EmbeddedPostgres
+from pgwarden.sources.postgres.records import Server, Session, Settings, Snapshot
 
 NOW = dt.datetime(2026, 11, 20, 12, 0, tzinfo=dt.timezone.utc)
 

@@ -75,7 +75,12 @@ def test_once_dry_run_json_then_enforced_text(gpg, sessions, tmp_path):
     res = pgwarden(*args, "--enforce", "--audit-log", str(audit))
     assert res.returncode == 0, res.stderr
     assert "(enforcing)" in res.stdout and "2 terminated" in res.stdout
-    assert {r["outcome"] for r in read_audit(audit)} == {"terminated"}
+    records = read_audit(audit)
+    assert {r["outcome"] for r in records} == {"terminating", "terminated"}
+    # write-ahead: each action is announced before it is carried out
+    for pid in sessions.pids(conns):
+        assert [r["outcome"] for r in records if r["pid"] == pid] == ["terminating",
+                                                                       "terminated"]
     wait_until(lambda: not (set(sessions.pids(conns)) & live_pids(gpg)))
     assert set(sessions.pids(keep)) <= live_pids(gpg)
 

@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from ..activity.records import IDLE, Session, Snapshot
+from ..sources.postgres.records import IDLE, Session, Snapshot
 from .rules import Finding, status_of
 
 __all__ = ["Report", "render_report", "render_status", "server_info", "summary"]

@@ -1,7 +1,8 @@
 """The doctor's rules: pure functions from a snapshot to findings.
 
-Each rule looks at one :class:`~pgwarden.activity.Snapshot` (and, for the churn rate, an earlier
-one) and returns findings. No I/O happens here; :mod:`pgwarden.doctor.run` takes the snapshots.
+Each rule looks at one :class:`~pgwarden.sources.postgres.Snapshot` (and, for the churn rate,
+an earlier one) and returns findings. No I/O happens here; :mod:`pgwarden.doctor.run` takes
+the snapshots.
 
 Severity: ``critical`` means the server refuses (or is about to refuse) connections;
 ``warning`` means sessions are being wasted or a problem is building; ``info`` is advice
@@ -15,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..activity.records import ACTIVE, IDLE, Session, Snapshot, role_sql
+from ..sources.postgres.records import ACTIVE, IDLE, Session, Snapshot, role_sql
 
 __all__ = [
     "RULES",
@@ -543,19 +544,39 @@ def visibility_finding(snap: Snapshot) -> Finding | None:
     )
 
 
-def server_full_finding(message: str) -> Finding:
-    """The finding for a server that refused pgwarden itself with SQLSTATE 53300."""
+def server_full_finding(message: str, *, reserve_full: bool) -> Finding:
+    """The finding for a server that refused pgwarden itself for lack of a slot (53300).
+
+    Args:
+        message: what the server said.
+        reserve_full: the server said "too many clients already": even the reserved slots
+            (``superuser_reserved_connections``, ``reserved_connections``) are taken, so
+            connecting as a superuser will not help either.
+    """
+    if reserve_full:
+        title = ("the server refused a new connection: every slot is taken, the superuser "
+                 "reserve too (too many clients already, SQLSTATE 53300)")
+        fix = ("No new session gets in, not even a superuser's. Free one from a session that "
+               "is already connected (SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+               "WHERE state = 'idle' AND application_name = '...'), or stop or restart one of "
+               "the client applications; on the server's host `pg_ctl kill TERM PID` ends one "
+               "idle backend. Then run `pgwarden doctor` as a superuser to see who holds the "
+               "slots, and keep superuser_reserved_connections free for that.")
+    else:
+        title = ("the server refused a new connection: only the reserved slots are left "
+                 "(SQLSTATE 53300)")
+        fix = ("Get in through the reserved slots to see who holds the rest: connect as a "
+               "superuser (superuser_reserved_connections, default 3) or, on PostgreSQL 16+, as "
+               "a role granted pg_use_reserved_connections (reserved_connections), e.g. "
+               "`pgwarden doctor --dsn postgresql://postgres@HOST/DB`. Free slots now with "
+               "`pgwarden guard --once --enforce --emergency-at 0.9 --emergency-target 0.7` from "
+               "such a role.")
     return Finding(
         id="server_full",
         severity="critical",
-        title="the server refused a new connection: too many clients already (SQLSTATE 53300)",
-        evidence={"server_said": message},
-        fix="Get in through the reserved slots to see who holds the rest: connect as a "
-        "superuser (superuser_reserved_connections, default 3) or, on PostgreSQL 16+, as a role "
-        "granted pg_use_reserved_connections (reserved_connections), e.g. "
-        "`pgwarden doctor --dsn postgresql://postgres@HOST/DB`. Free slots now with "
-        "`pgwarden guard --once --enforce --emergency-at 0.9 --emergency-target 0.7` from "
-        "such a role.",
+        title=title,
+        evidence={"server_said": message, "reserve_full": reserve_full},
+        fix=fix,
     )
 
 

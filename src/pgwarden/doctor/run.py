@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from collections import Counter
 
-from .. import activity
 from ..conninfo import Target, connect
 from ..errors import ServerFullError
+from ..sources import postgres
 from .report import Report, server_info, summary
 from .rules import Sample, Thresholds, evaluate, server_full_finding
 
@@ -32,22 +32,26 @@ def examine(target: Target, *, thresholds: Thresholds | None = None,
 
     Raises:
         ConnectError: any other connection failure (the doctor cannot judge).
+        psycopg.OperationalError: the server went away mid-run (the CLI's error boundary says
+            so in one line).
     """
     try:
         conn = connect(target)
     except ServerFullError as exc:
-        return Report(findings=(server_full_finding(exc.server_said),), target=target.where)
+        finding = server_full_finding(exc.server_said,
+                                      reserve_full=exc.diagnosis_id == "too_many_clients")
+        return Report(findings=(finding,), target=target.where)
     with conn:
         sampled = None
         if sample > 0:
-            previous = activity.take(conn)
+            previous = postgres.take(conn)
             seen: dict[int, str] = {}
             end = time.monotonic() + sample
             while time.monotonic() < end:
-                seen.update(activity.new_sessions(conn, previous.taken_at))
+                seen.update(postgres.new_sessions(conn, previous.taken_at))
                 time.sleep(min(_POLL, max(0.0, end - time.monotonic())))
             sampled = Sample(previous, Counter(seen.values()))
-        snap = activity.take(conn)
+        snap = postgres.take(conn)
     findings = evaluate(snap, thresholds, sampled)
     return Report(
         findings=tuple(findings),

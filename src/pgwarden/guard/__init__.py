@@ -8,7 +8,7 @@ must not.
   audit, metrics) -> :class:`PassResult`.
 - :mod:`.daemon`: :class:`Daemon`, the loop (interval, backoff reconnect, SIGHUP, SIGTERM).
 - :mod:`.audit`: JSON-lines audit log; :mod:`.metrics`: counters.
-- :mod:`.command`: the ``pgwarden guard`` click command.
+- the ``pgwarden guard`` click command lives in :mod:`pgwarden.cli.guard`.
 
 See docs/guard.md.
 """

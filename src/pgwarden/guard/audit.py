@@ -1,14 +1,19 @@
 """The guard's audit log: one JSON object per line for every decision.
 
 Each record (:class:`AuditRecord`) says what the guard would do, did, skipped or failed to do
-about one session, and why. Keys (all present in every line; ``null`` where unknown):
+about one session, and why. When the guard enforces, every action is announced by a line of its
+own (``terminating`` / ``cancelling``) that is written and flushed before the statement is sent;
+if any destination cannot be written, :class:`~pgwarden.errors.AuditError` stops the guard
+before it acts. Keys (all present in every line; ``null`` where unknown):
 
 ==================  ===========================================================================
 ``time``            when the decision was carried out, ISO 8601 UTC (``2026-11-20T23:14:21.123Z``)
 ``dry_run``         true unless the guard enforces
 ``action``          ``terminate`` or ``cancel`` (what the rule asks for)
-``outcome``         ``would_terminate`` / ``would_cancel`` (dry run), ``terminated`` /
-                    ``cancelled`` (done), ``skipped`` (see ``skip``), ``failed`` (see ``reason``)
+``outcome``         ``would_terminate`` / ``would_cancel`` (dry run), ``terminating`` /
+                    ``cancelling`` (written and flushed *before* the statement is sent: the
+                    guard never acts without a record), then ``terminated`` / ``cancelled``
+                    (done), ``skipped`` (see ``skip``), ``failed`` (see ``reason``)
 ``skip``            why skipped: ``protected``, ``limit_per_pass``, ``limit_per_minute``,
                     ``standby`` (another guard acts), ``gone``, ``pid_reused``, ``state_changed``
 ``reason``          for humans: the rule's reason, the protection, the race, the error
@@ -29,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
-import logging
 import os
 import sys
 import threading
@@ -37,9 +41,9 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
-__all__ = ["AuditLog", "AuditRecord"]
+from ..errors import AuditError
 
-logger = logging.getLogger("pgwarden.guard")
+__all__ = ["AuditLog", "AuditRecord"]
 
 
 def _iso(t: dt.datetime | None) -> str | None:
@@ -89,7 +93,8 @@ class AuditLog:
             stdout, or open text streams (not closed here).
 
     Raises:
-        OSError: a file cannot be opened (at construction).
+        AuditError: a destination is empty, a directory, in a directory that does not exist,
+            or cannot be opened (at construction).
     """
 
     def __init__(self, destinations: Iterable[str | TextIO] = ()) -> None:
@@ -103,7 +108,14 @@ class AuditLog:
                     self._streams.append(sys.stdout)
                     self.paths.append("-")
                     continue
-                fd = os.open(dest, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                try:
+                    if not dest.strip():
+                        raise IsADirectoryError(0, "an empty path: give a file or '-' (stdout)")
+                    fd = os.open(dest, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                except OSError as exc:
+                    self.close()
+                    raise AuditError(f"cannot open the audit log {dest!r}: "
+                                     f"{exc.strerror or exc}", destination=dest) from None
                 stream = os.fdopen(fd, "a", encoding="utf-8", buffering=1)
                 self._streams.append(stream)
                 self._owned.append(stream)
@@ -113,21 +125,29 @@ class AuditLog:
                 self.paths.append(getattr(dest, "name", "<stream>"))
 
     def write(self, record: AuditRecord) -> None:
-        """Append one line to every destination (a failing destination is logged, not raised:
-        the guard keeps guarding)."""
+        """Append one line to every destination and flush it.
+
+        Raises:
+            AuditError: a destination cannot be written (a closed pipe, a full disk, a file
+                closed under it); the guard stops rather than act without a record.
+        """
         line = record.to_json() + "\n"
         with self._lock:
-            for stream in self._streams:
+            for stream, path in zip(self._streams, self.paths, strict=True):
                 try:
                     stream.write(line)
                     stream.flush()
                 except (OSError, ValueError) as exc:
-                    logger.error("audit log write failed: %s", exc)
+                    what = "stdout" if path == "-" else repr(path)
+                    reason = getattr(exc, "strerror", None) or str(exc)
+                    raise AuditError(f"cannot write the audit log {what}: {reason}; the guard "
+                                     "stopped rather than act without an audit record",
+                                     destination=path) from None
 
     def close(self) -> None:
         with self._lock:
             for stream in self._owned:
-                with contextlib.suppress(OSError):
+                with contextlib.suppress(OSError, ValueError):
                     stream.close()
             self._owned.clear()
             self._streams.clear()

@@ -12,7 +12,10 @@
 - **SIGHUP** reloads the configuration through the ``load`` callable (a bad file is logged and
   the old policy kept); audit files are reopened (log rotation).
 - **SIGTERM / SIGINT** end the loop after the current pass; the lock is released and the
-  session closed.
+  session closed (:attr:`Daemon.stopped_by` says which; the CLI exits 0 after SIGTERM, 130
+  after SIGINT).
+- **The audit log** cannot be written: :class:`~pgwarden.errors.AuditError` ends the loop at
+  once (the guard never acts without a record).
 
 Signal handlers are installed only by :meth:`Daemon.run` with ``install_signals=True`` (from the
 main thread, as the CLI does); otherwise call :meth:`Daemon.stop` / :meth:`Daemon.reload`.
@@ -83,6 +86,8 @@ class Daemon:
         self._wake = threading.Event()
         self.passes = 0
         self.failures = 0
+        #: the signal that stopped :meth:`run` (``signal.SIGTERM`` / ``SIGINT``), else None
+        self.stopped_by: int | None = None
         self.last_result: PassResult | None = None
         self.last_error: str | None = None
         self.guard = Guard(
@@ -145,10 +150,13 @@ class Daemon:
 
         Raises:
             PermissionMissing: the role lacks a privilege (not worth retrying).
+            AuditError: an audit destination cannot be written (the guard stops before it
+                acts without a record).
         """
         previous: dict[int, Any] = {}
         if install_signals:
             def on_stop(signum: int, frame: FrameType | None) -> None:
+                self.stopped_by = signum
                 self.stop()  # no logging here: a signal handler must not take locks
 
             def on_hup(signum: int, frame: FrameType | None) -> None:

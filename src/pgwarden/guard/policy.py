@@ -1,4 +1,5 @@
-"""The guard's policy: a pure function from one :class:`~pgwarden.activity.Snapshot` to actions.
+"""The guard's policy: a pure function from one :class:`~pgwarden.sources.postgres.Snapshot`
+to actions.
 
 Nothing here does I/O. :func:`decide` takes a snapshot, a :class:`Policy` and how many actions
 were taken in the last minute, and returns a :class:`Plan`: the :class:`Action` records to carry
@@ -18,7 +19,7 @@ rule and of the emergency mode before it can become an action:
   CIDRs; the defaults protect ``pg_dump*``, ``pg_restore*``, ``pg_basebackup``, ``psql``).
 
 Durations are seconds (float); usage is a fraction of the usable slots (see
-:attr:`pgwarden.activity.Snapshot.usage`).
+:attr:`pgwarden.sources.postgres.Snapshot.usage`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..activity.records import Session, Snapshot
+from ..sources.postgres.records import Session, Snapshot
 
 __all__ = [
     "ACTIVE",
@@ -564,7 +565,9 @@ def decide(
         A :class:`Plan`.
     """
     own = frozenset(own_pids)
-    used = snapshot.used_slots
+    # the guard keeps its session (and so a slot) between passes: it counts, unlike the
+    # one-shot commands' sessions that Snapshot.used_slots leaves out
+    used = snapshot.used_slots + 1
     usable = snapshot.usable_slots
     usage = _usage(used, usable)
     chosen: list[Action] = []

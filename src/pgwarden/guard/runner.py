@@ -30,12 +30,14 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 import psycopg
+from psycopg.rows import dict_row
 
-from ..activity import Session, Snapshot, take
-from ..activity.queries import query as _q
-from ..activity.records import role_sql
-from ..conninfo import Target, connect, resolve, server_message
+from ..conninfo import Target, connect, resolve
+from ..diagnose import server_message
 from ..errors import PermissionMissing
+from ..sources.postgres import Session, Snapshot, take
+from ..sources.postgres.queries import query as _q
+from ..sources.postgres.records import role_sql
 from .audit import AuditLog, AuditRecord, iso, now_iso
 from .metrics import GuardMetrics
 from .policy import Action, Plan, Policy, Skip, decide
@@ -65,7 +67,7 @@ class Outcome:
         skip: for ``skipped``: ``protected``, ``limit_per_pass``, ``limit_per_minute``,
             ``standby``, ``gone``, ``pid_reused``, ``state_changed``; else ``None``.
         reason: for humans.
-        session: the session as the snapshot saw it (:class:`pgwarden.activity.Session`).
+        session: the session as the snapshot saw it (:class:`pgwarden.sources.postgres.Session`).
     """
 
     time: str
@@ -369,17 +371,18 @@ class Guard:
     def _try_lead(self, conn: psycopg.Connection[Any]) -> tuple[bool, int | None]:
         version = conn.info.server_version
         if not self._leader:
-            row = conn.execute(_q("get_guard_lock", version), {"key": self.lock_key}).fetchone()
-            self._leader = bool(row and row[0])
+            cur = conn.cursor(row_factory=dict_row)
+            row = cur.execute(_q("get_guard_lock", version), {"key": self.lock_key}).fetchone()
+            self._leader = bool(row and row["acquired"])
             if self._leader:
                 logger.info("guard (backend %s) took the lock and acts", conn.info.backend_pid)
         if self._leader:
             return True, conn.info.backend_pid
-        row = conn.execute(
+        row = conn.cursor(row_factory=dict_row).execute(
             _q("get_guard_leader", version),
             {"classid": (self.lock_key >> 32) & 0xFFFFFFFF, "objid": self.lock_key & 0xFFFFFFFF},
         ).fetchone()
-        return False, (int(row[0]) if row else None)
+        return False, (int(row["pid"]) if row else None)
 
     def run_pass(self) -> PassResult:
         """One pass: snapshot, policy, act (when enforcing and leading), audit, metrics.
@@ -433,6 +436,10 @@ class Guard:
                     outcomes.append(self._outcome(
                         a, "skipped", "standby", f"standby: {who} holds the lock and acts"))
                 else:
+                    # write-ahead: the record goes out (or AuditError stops us) before the act
+                    intent = "terminating" if a.kind == "terminate" else "cancelling"
+                    self.audit.write(_record(self._outcome(a, intent, None, a.reason),
+                                             dry_run=False, usage=plan.usage, guard=guard_pid))
                     outcomes.append(self._execute(conn, a))
             outcomes.extend(self._skip_outcome(s) for s in plan.skipped)
         except psycopg.OperationalError:
@@ -491,13 +498,13 @@ class Guard:
             "state_change": a.state_change,
         }
         try:
-            row = conn.execute(_q(name, version), params).fetchone()
+            row = conn.cursor(row_factory=dict_row).execute(_q(name, version), params).fetchone()
         except psycopg.OperationalError:
             raise
         except psycopg.Error as exc:
             logger.warning("guard could not %s backend %s: %s", a.kind, a.pid, server_message(exc))
             return self._outcome(a, "failed", None, f"{server_message(exc)} ({a.reason})")
-        if row and row[0]:
+        if row and row["hit"]:
             self._recent.append(time.monotonic())
             done = "terminated" if a.kind == "terminate" else "cancelled"
             logger.info("guard %s backend %s (%s, rule %s): %s", done, a.pid, a.session.label,
@@ -508,11 +515,12 @@ class Guard:
 
     @staticmethod
     def _why_missed(conn: psycopg.Connection[Any], a: Action) -> tuple[str, str]:
-        row = conn.execute(_q("get_guard_target", conn.info.server_version),
-                           {"pid": a.pid}).fetchone()
+        row = conn.cursor(row_factory=dict_row).execute(
+            _q("get_guard_target", conn.info.server_version), {"pid": a.pid}).fetchone()
         if row is None:
             return "gone", "session ended before it was acted on"
-        backend_start, state, state_change, backend_type = row
+        backend_start, state = row["backend_start"], row["state"]
+        state_change, backend_type = row["state_change"], row["backend_type"]
         if backend_start != a.backend_start or backend_type != "client backend":
             return "pid_reused", "pid now belongs to a different session"
         if state != a.state:

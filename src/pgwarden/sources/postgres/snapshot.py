@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 import psycopg
+from psycopg.rows import dict_row, kwargs_row
 
 from .queries import load
 from .queries import query as _q
@@ -42,34 +43,33 @@ def _setting_value(setting: str, unit: str | None) -> float:
 
 def read_server(conn: psycopg.Connection[Any]) -> tuple[Server, dt.datetime]:
     """Facts about the server and the connected role, and the server's ``now()``."""
-    row = conn.execute(_q("get_server", conn.info.server_version)).fetchone()
+    cur = conn.cursor(row_factory=dict_row)
+    row = cur.execute(_q("get_server", conn.info.server_version)).fetchone()
     assert row is not None
-    return Server(
-        version_num=row[0],
-        version=row[1],
-        self_pid=row[2],
-        role=row[4],
-        is_superuser=bool(row[5]),
-        has_pg_monitor=bool(row[6]),
-        has_pg_signal_backend=bool(row[7]),
-        has_pg_use_reserved_connections=bool(row[8]),
-        in_recovery=bool(row[9]),
-    ), row[3]
+    taken_at = row.pop("taken_at")
+    return Server(**row), taken_at
 
 
 def read_settings(conn: psycopg.Connection[Any]) -> Settings:
     """The settings in :data:`SETTING_NAMES`, durations converted to seconds."""
-    rows = conn.execute(
+    cur = conn.cursor(row_factory=dict_row)
+    rows = cur.execute(
         _q("get_settings", conn.info.server_version), {"names": list(SETTING_NAMES)}
     ).fetchall()
     values: dict[str, Any] = {}
-    for name, setting, unit in rows:
+    for row in rows:
+        name, setting, unit = row["name"], row["setting"], row["unit"]
         if name in ("max_connections", "superuser_reserved_connections",
                     "reserved_connections", "tcp_keepalives_count"):
             values[name] = int(setting)
         else:
             values[name] = _setting_value(setting, unit)
     return Settings(**values)
+
+
+def _session(*, blocking_pids: list[int] | None, **columns: Any) -> Session:
+    """A ``get_activity`` row, bound by column name."""
+    return Session(blocking_pids=tuple(blocking_pids or ()), **columns)
 
 
 def take(conn: psycopg.Connection[Any], *, query_chars: int = 200) -> Snapshot:
@@ -89,39 +89,15 @@ def take(conn: psycopg.Connection[Any], *, query_chars: int = 200) -> Snapshot:
     version = conn.info.server_version
     server, taken_at = read_server(conn)
     settings = read_settings(conn)
-    cur = conn.execute(_q("get_activity", version), {"query_chars": query_chars})
+    cur = conn.cursor(row_factory=kwargs_row(_session))
     sessions = tuple(
-        Session(
-            pid=r[0],
-            database=r[1],
-            user=r[2],
-            application=r[3] or "",
-            client_addr=r[4],
-            client_port=r[5],
-            backend_type=r[6],
-            state=r[7],
-            backend_start=r[8],
-            xact_start=r[9],
-            query_start=r[10],
-            state_change=r[11],
-            backend_age=r[12],
-            xact_age=r[13],
-            query_age=r[14],
-            state_age=r[15],
-            wait_event_type=r[16],
-            wait_event=r[17],
-            query=r[18],
-            blocking_pids=tuple(r[19] or ()),
-            is_superuser=r[20],
-            is_replication_role=r[21],
-        )
-        for r in cur.fetchall()
+        cur.execute(_q("get_activity", version), {"query_chars": query_chars}).fetchall()
     )
     total_sql = load("get_sessions_total", version)
     sessions_total = None
     if total_sql is not None:
-        row = conn.execute(total_sql.encode()).fetchone()
-        sessions_total = int(row[0]) if row else None
+        total = conn.cursor(row_factory=dict_row).execute(total_sql.encode()).fetchone()
+        sessions_total = int(total["sessions_total"]) if total else None
     return Snapshot(
         taken_at=taken_at,
         server=server,
@@ -138,5 +114,6 @@ def new_sessions(conn: psycopg.Connection[Any], since: dt.datetime) -> dict[int,
     Cheap enough to poll every few tens of milliseconds while sampling for churn: sessions of a
     connection-per-request client live for milliseconds and a single snapshot misses them.
     """
-    rows = conn.execute(_q("get_new_sessions", conn.info.server_version), {"since": since})
-    return {pid: app or "" for pid, app in rows.fetchall()}
+    cur = conn.cursor(row_factory=dict_row)
+    rows = cur.execute(_q("get_new_sessions", conn.info.server_version), {"since": since})
+    return {r["pid"]: r["application_name"] or "" for r in rows.fetchall()}

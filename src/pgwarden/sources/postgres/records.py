@@ -158,8 +158,9 @@ class Snapshot:
 
     @property
     def used_slots(self) -> int:
-        """Client backends including pgwarden's own session (it takes a slot too)."""
-        return len(self.client_backends) + 1
+        """Client backends other than pgwarden's own session (the observer is not counted: it
+        may sit in a reserved slot, and it is gone when the command ends)."""
+        return len(self.client_backends)
 
     @property
     def usable_slots(self) -> int:
@@ -167,7 +168,8 @@ class Snapshot:
 
     @property
     def usage(self) -> float:
-        """``used_slots / usable_slots`` (may exceed 1.0 when reserved slots are in use)."""
+        """``used_slots / usable_slots`` (may exceed 1.0 when other sessions use the reserved
+        slots too: superusers, members of ``pg_use_reserved_connections``)."""
         usable = self.usable_slots
         return self.used_slots / usable if usable else 1.0
 

@@ -1,24 +1,30 @@
 """``pgwarden guard``: the click command (daemon, or one pass with ``--once``).
 
-Exit codes: 0 ok (also after SIGTERM/SIGINT in daemon mode), 1 ``--once``: an action failed,
-3 cannot connect (``--once``), 4 permission missing, 64 usage error, 78 config file error.
+Exit codes: 0 ok (daemon: also after SIGTERM), 1 ``--once``: an action failed, 3 cannot connect
+(``--once``), 4 permission missing, 64 usage error (an ``--audit-log`` that cannot be opened
+too), 74 the audit log cannot be written (the guard stops rather than act without a record),
+78 config file error (an ``audit_log`` of the file that cannot be opened too), 130 SIGINT.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 from typing import Any
 
 import click
 
-from ..cli import EXIT, connect_timeout_option, dsn_option, format_option
-from ..conninfo import resolve
-from ..errors import ConfigError
-from .config import load_policy, make_policy, parse_duration, parse_usage
-from .daemon import Daemon
-from .runner import Guard, PassResult
+from ..errors import AuditError, ConfigError, ConfigFileError
+from ..guard.audit import AuditLog
+from ..guard.config import load_policy, make_policy, parse_duration, parse_usage
+from ..guard.daemon import Daemon
+from ..guard.policy import Policy
+from ..guard.runner import Guard, PassResult
+from .boundary import EXIT
+from .options import connect_timeout_option, dsn_option, format_option, resolve_target
+from .output import report
 
 __all__ = ["guard"]
 
@@ -189,14 +195,16 @@ def guard(
         return policy
 
     policy = load()
-    target = resolve(dsn, command="guard", connect_timeout=connect_timeout)
+    _check_audit(policy, config_path, from_option=bool(options.get("audit_log")))
+    target = resolve_target(dsn, command="guard", connect_timeout=connect_timeout)
     if once:
         with Guard(target, policy) as g:
             result = g.run_pass()
-        if fmt == "json":
-            click.echo(json.dumps(result.to_dict(), indent=2, default=str))
-        else:
-            click.echo(_render_text(result, target.where))
+        with report():
+            if fmt == "json":
+                click.echo(json.dumps(result.to_dict(), indent=2, default=str))
+            else:
+                click.echo(_render_text(result, target.where))
         ctx.exit(EXIT["warning"] if result.failed else EXIT["ok"])
 
     extra: tuple[str, ...] = () if policy.audit_log else ("-",)
@@ -204,10 +212,25 @@ def guard(
     mode = "enforcing" if policy.enforce else "dry run"
     click.echo(f"pgwarden guard: watching {target.where} every {policy.interval:g}s ({mode}); "
                "SIGHUP reloads, SIGTERM stops", err=True)
-    try:
-        daemon.run(install_signals=True)
-    except ConfigError:
-        raise
+    daemon.run(install_signals=True)
     click.echo(f"pgwarden guard: stopped after {daemon.passes} passes", err=True)
-    sys.stdout.flush()
-    ctx.exit(EXIT["ok"])
+    with report():
+        sys.stdout.flush()
+    ctx.exit(EXIT["interrupted"] if daemon.stopped_by == signal.SIGINT else EXIT["ok"])
+
+
+def _check_audit(policy: Policy, config_path: str | None, *, from_option: bool) -> None:
+    """Open (and close) every audit destination before the guard starts, so that one that
+    cannot be opened is a usage error (``--audit-log``, exit 64) or a configuration file error
+    naming the key (``audit_log``, exit 78), never a traceback.
+
+    Raises:
+        ConfigError, ConfigFileError: as above.
+    """
+    try:
+        AuditLog(policy.audit_log).close()
+    except AuditError as exc:
+        if from_option or config_path is None:
+            raise ConfigError(f"--audit-log: {exc}") from None
+        raise ConfigFileError(f"{config_path}: key 'audit_log': {exc}", path=config_path,
+                              key="audit_log") from None

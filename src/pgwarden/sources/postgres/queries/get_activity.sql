@@ -1,10 +1,11 @@
--- get_activity: every backend but our own, ages in seconds measured at one instant (now()).
+-- get_activity: every backend but our own, ages in seconds measured at one instant (now());
+-- columns are named as the fields of pgwarden.sources.postgres.Session (rows bind by name).
 -- blocking pids are looked up only for sessions waiting on a lock (pg_blocking_pids is not free).
 select
     a.pid,
-    a.datname,
-    a.usename,
-    a.application_name,
+    a.datname as database,
+    a.usename as "user",
+    coalesce(a.application_name, '') as application,
     host(a.client_addr) as client_addr,
     a.client_port,
     a.backend_type,

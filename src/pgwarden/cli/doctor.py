@@ -1,0 +1,72 @@
+"""``pgwarden doctor``: findings about who holds the connection slots, with the fix."""
+
+from __future__ import annotations
+
+import click
+
+from ..doctor.report import render_report
+from ..doctor.rules import Thresholds
+from ..doctor.run import examine
+from ..errors import ConfigError
+from .boundary import EXIT
+from .options import (
+    connect_timeout_option,
+    dsn_option,
+    format_option,
+    resolve_target,
+    seconds_option,
+)
+from .output import console, emit_json, report
+
+__all__ = ["doctor"]
+
+
+@click.command()
+@dsn_option
+@connect_timeout_option
+@format_option
+@seconds_option("--idle-after", 300.0, "Idle sessions older than this count as hoarded.")
+@seconds_option("--idle-in-transaction-after", 60.0,
+                "Report sessions idle in a transaction longer.")
+@seconds_option("--long-query-after", 300.0, "Report active queries running longer.")
+@click.option("--idle-min-sessions", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Long-idle sessions one application must hold to be reported.")
+@click.option("--saturation-warning", type=click.FloatRange(0.01, 1.5), default=0.8,
+              show_default=True, help="Usage of usable slots that is a warning.")
+@click.option("--saturation-critical", type=click.FloatRange(0.01, 1.5), default=0.95,
+              show_default=True, help="Usage of usable slots that is critical.")
+@click.option("--churn-rate", type=click.FloatRange(min=0.01, max=1e9), default=5.0,
+              show_default=True, metavar="PER_SECOND",
+              help="New sessions per second that count as churn.")
+@click.option("--sample", type=click.FloatRange(min=0.0, max=60.0), default=0.0,
+              show_default=True, metavar="SECONDS",
+              help="Take two snapshots this far apart to measure the rate of new sessions.")
+@click.pass_context
+def doctor(ctx: click.Context, dsn: str | None, connect_timeout: float, fmt: str,
+           idle_after: float, idle_in_transaction_after: float, long_query_after: float,
+           idle_min_sessions: int, saturation_warning: float, saturation_critical: float,
+           churn_rate: float, sample: float) -> None:
+    """Findings about who holds the connection slots, most severe first, each with the
+    evidence (applications, backend pids, ages) and the fix.
+
+    Exit code: 0 ok or info only, 1 warning, 2 critical, 3 cannot connect or lost the server."""
+    try:
+        thresholds = Thresholds(
+            idle_after=idle_after,
+            idle_in_transaction_after=idle_in_transaction_after,
+            long_query_after=long_query_after,
+            idle_hoarding_min_sessions=idle_min_sessions,
+            saturation_warning=saturation_warning,
+            saturation_critical=saturation_critical,
+            churn_rate=churn_rate,
+        ).validate()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    target = resolve_target(dsn, command="doctor", connect_timeout=connect_timeout)
+    result = examine(target, thresholds=thresholds, sample=sample)
+    with report():
+        if fmt == "json":
+            emit_json(result.as_dict())
+        else:
+            render_report(console(), result)
+    ctx.exit(EXIT[result.status] if result.status != "ok" else EXIT["ok"])

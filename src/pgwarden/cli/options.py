@@ -1,0 +1,89 @@
+"""Options every command shares, and where a command says which server it talks to.
+
+:func:`resolve_target` is how a command resolves its ``--dsn``: it records the target so that
+the error boundary can name the server in its one line when the command loses it mid-run.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from ..conninfo import Target, resolve
+
+__all__ = [
+    "connect_timeout_option",
+    "current_target",
+    "dsn_option",
+    "format_option",
+    "resolve_target",
+    "seconds_option",
+]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+_target: contextvars.ContextVar[Target | None] = contextvars.ContextVar(
+    "pgwarden_cli_target", default=None)
+
+
+def resolve_target(dsn: str | None, *, command: str, connect_timeout: float | None,
+                   **params: Any) -> Target:
+    """:func:`pgwarden.conninfo.resolve` for a command (``application_name=pgwarden-<command>``)
+    whose server the error boundary may then name.
+
+    Raises:
+        ConfigError: a malformed DSN or an invalid parameter value.
+    """
+    target = resolve(dsn, command=command, connect_timeout=connect_timeout, **params)
+    _target.set(target)
+    return target
+
+
+def current_target() -> Target | None:
+    """The target the running command resolved last, or ``None``."""
+    return _target.get()
+
+
+def dsn_option(func: _F) -> _F:
+    """``--dsn``: where to connect (else $DATABASE_URL, else libpq's PG* environment)."""
+    return click.option(
+        "--dsn",
+        envvar=None,
+        default=None,
+        metavar="DSN",
+        help="postgresql:// URL or 'key=value' conninfo; default $DATABASE_URL, then libpq's "
+        "PG* variables and the local socket.",
+    )(func)
+
+
+def connect_timeout_option(func: _F) -> _F:
+    """``--connect-timeout SECONDS`` (libpq's ``connect_timeout``, default 5)."""
+    return click.option(
+        "--connect-timeout",
+        type=click.FloatRange(min=1.0, max=3600.0),
+        default=5.0,
+        show_default=True,
+        metavar="SECONDS",
+        help="Seconds to wait for the server (libpq connect_timeout).",
+    )(func)
+
+
+def format_option(func: _F) -> _F:
+    """``--format text|json``."""
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(["text", "json"]),
+        default="text",
+        show_default=True,
+        help="Output format.",
+    )(func)
+
+
+def seconds_option(name: str, default: float, help_: str) -> Callable[[_F], _F]:
+    """An option taking seconds (a float > 0)."""
+    return click.option(name, type=click.FloatRange(min=0.001, max=1e9), default=default,
+                        show_default=True, metavar="SECONDS", help=help_)
