@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -18,6 +19,8 @@ import psycopg
 import pytest
 
 from pgwarden.embedded import EmbeddedPostgres
+
+from .faultproxy import FaultProxy
 
 
 @pytest.fixture(scope="session")
@@ -100,3 +103,27 @@ def sessions() -> Iterator[Sessions]:
     s = Sessions()
     yield s
     s.close()
+
+
+@pytest.fixture
+def fault_proxy() -> Iterator[Callable[..., FaultProxy]]:
+    """``fault_proxy(upstream_port, mode="pass", delay=0.0)``: a loopback :class:`FaultProxy`
+    (pass / reset / blackhole / delay / deaf, drop after N answers), closed at the end."""
+    made: list[FaultProxy] = []
+
+    def make(upstream_port: int, mode: str = "pass", *, delay: float = 0.0) -> FaultProxy:
+        p = FaultProxy(upstream_port, mode, delay=delay)
+        made.append(p)
+        return p
+
+    yield make
+    for p in made:
+        p.close()
+
+
+# hypothesis: fixed examples in CI (a landing must not depend on luck); random elsewhere
+from hypothesis import settings as _hypothesis_settings  # noqa: E402
+
+_hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    _hypothesis_settings.load_profile("ci")

@@ -48,8 +48,14 @@ ENV_DSN = "DATABASE_URL"
 _MASK = "***"
 _URL_RE = re.compile(r"^(postgres(?:ql)?)(\+[a-z0-9_]+)?://", re.IGNORECASE)
 _URL_USERINFO_RE = re.compile(r"(://[^/@:?#]*:)([^@/?#]*)(@)")
-_KV_PASSWORD_RE = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
-_QUERY_PASSWORD_RE = re.compile(r"([?&]password=)([^&#]*)", re.IGNORECASE)
+#: libpq parameters that carry a secret (libpq-connect.html#LIBPQ-PARAMKEYWORDS): never shown.
+SECRET_KEYWORDS = (
+    "password", "sslpassword", "oauth_client_secret", "scram_client_key", "scram_server_key",
+)
+_SECRET_ALT = "|".join(SECRET_KEYWORDS)
+_KV_PASSWORD_RE = re.compile(rf"(\b(?:{_SECRET_ALT})\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]+)",
+                             re.IGNORECASE)
+_QUERY_PASSWORD_RE = re.compile(rf"([?&](?:{_SECRET_ALT})=)([^&#]*)", re.IGNORECASE)
 
 
 def _is_url(dsn: str) -> bool:
@@ -72,7 +78,8 @@ def _regex_redact(text: str) -> str:
 
 
 def redact(dsn: str) -> str:
-    """Return ``dsn`` with any password replaced by ``***``, in the same form (URL or key=value).
+    """Return ``dsn`` with every secret (the password, and libpq's other secret parameters in
+    :data:`SECRET_KEYWORDS`) replaced by ``***``, in the same form (URL or key=value).
 
     Never raises: a DSN that does not parse is masked by pattern instead.
 
@@ -89,8 +96,9 @@ def redact(dsn: str) -> str:
         params = conninfo_to_dict(dsn)
     except Exception:
         return _regex_redact(dsn)
-    if "password" in params:
-        params["password"] = _MASK
+    for key in SECRET_KEYWORDS:
+        if params.get(key):
+            params[key] = _MASK
     return make_conninfo("", **params)
 
 

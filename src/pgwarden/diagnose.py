@@ -594,8 +594,9 @@ def classify(exc: BaseException, *, connecting: bool = False) -> Failure:
 
     Args:
         exc: any exception (usually a ``psycopg.Error``).
-        connecting: ``exc`` came from a connection attempt. An unmatched failure then counts
-            as ``unreachable``; after connecting, an unmatched ``psycopg.OperationalError``
+        connecting: ``exc`` came from a connection attempt. An unmatched failure, or a
+            connection closed during the startup, then counts as ``unreachable``; after
+            connecting, an unmatched ``psycopg.OperationalError``
             counts as ``session_ended`` (the server or the network dropped the session) and any
             other unmatched exception as ``query``.
     """
@@ -609,6 +610,8 @@ def classify(exc: BaseException, *, connecting: bool = False) -> Failure:
         found = next((d for d in DIAGNOSES if d.matches_message(said)), None)
     if found is not None:
         kind = found.kind
+        if connecting and kind == "session_ended":
+            kind = "unreachable"  # closed during the startup: nobody is there to talk to
     elif connecting:
         kind = "unreachable"
     else:

@@ -193,15 +193,15 @@ def test_server_down_longer_than_timeout_says_unreachable(make_cluster: Any) -> 
 
 
 @pytest.mark.slow
-def test_blackholed_connection_detected(pg: Any, proxy_to: Any) -> None:
-    proxy = proxy_to(pg.port)
+def test_blackholed_connection_detected(pg: Any, fault_proxy: Any) -> None:
+    proxy = fault_proxy(pg.port)
     dsn = pg.conninfo(port=proxy.port, connect_timeout=2)
     with ConnectionPool(dsn, min_size=1, name="blackhole", validation_window=0.2,
                         validation_timeout=1.0) as pool:
         pool.wait(10)
         with pool.connection() as conn:
             conn.execute("select 1")
-        proxy.blackhole()
+        proxy.set_mode("blackhole")
         time.sleep(0.3)
         t0 = time.monotonic()
         with pytest.raises(PoolTimeout) as info:
@@ -212,7 +212,7 @@ def test_blackholed_connection_detected(pg: Any, proxy_to: Any) -> None:
         msg = str(info.value)
         assert "cannot reach the server" in msg and "timeout expired" in msg
         assert pool.get_stats()["validations_failed"] == 1
-        proxy.resume()
+        proxy.set_mode("pass")
         with pool.connection(timeout=10) as conn:
             assert conn.execute("select 1").fetchone() == (1,)
 

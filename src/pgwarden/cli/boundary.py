@@ -46,7 +46,7 @@ from ..errors import (
 from . import output
 from .options import current_target
 
-__all__ = ["EXIT", "exit_for", "run"]
+__all__ = ["EXIT", "exit_for", "one_line", "run"]
 
 EXIT = {
     "ok": 0,
@@ -130,6 +130,16 @@ def exit_for(exc: BaseException) -> tuple[int, str | None]:
                               "it; PGWARDEN_DEBUG=1 shows the traceback)")
 
 
+def one_line(text: str) -> str:
+    """``text`` as one printable line: whitespace runs folded to a space, other characters
+    that are not printable (controls, U+0085, U+2028, ...) written as escapes, so that user
+    input echoed in a message (a database name, a DSN) cannot break it into several lines."""
+    out = []
+    for ch in " ".join(text.split()):
+        out.append(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii"))
+    return "".join(out)
+
+
 def run(command: click.Command, argv: Sequence[str] | None) -> int:
     """Run ``command`` with ``argv``; return its exit code. Never raises (but SystemExit)."""
     try:
@@ -150,5 +160,5 @@ def run(command: click.Command, argv: Sequence[str] | None) -> int:
         if message is not None:
             # (if stderr is gone too, the exit code still says it)
             with contextlib.suppress(OSError, ValueError):
-                click.echo(f"pgwarden: error: {redact(message)}", err=True)
+                click.echo(f"pgwarden: error: {one_line(redact(message))}", err=True)
         return code

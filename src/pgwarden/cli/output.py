@@ -24,9 +24,15 @@ __all__ = ["console", "discard_stdout", "emit_json", "report", "stdout_discarded
 _discarded = [False]
 
 
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        # rich's default exits 1; the command's own exit code must survive a reader going away
+        discard_stdout()
+
+
 def console() -> Console:
     """A rich console on stdout: no highlighting, no wrapping when stdout is not a terminal."""
-    out = Console(highlight=False)
+    out = _Console(highlight=False)
     if not out.is_terminal:
         out.soft_wrap = True
     return out

@@ -25,7 +25,8 @@ import psycopg
 from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict
 
-from ..conninfo import redact
+from ..conninfo import check_values, redact
+from ..diagnose import classify
 from ..errors import ConfigError, PoolTimeout
 from .holders import Holder, RawStack, format_location, holder_name, summarize
 
@@ -54,8 +55,18 @@ FAST_RETRY_MAX = 0.040
 #: jittered +-25%.
 SLOW_RETRY_BASE = 0.5
 SLOW_RETRY_MAX = 10.0
-#: After "too many clients" (SQLSTATE 53300) the pool stops growing and retries this often.
+#: After "too many clients" (SQLSTATE 53300, or PostgreSQL's "remaining connection slots are
+#: reserved" for an ordinary role) the pool keeps one attempt in flight this often (+-25 %),
+#: whether callers wait or not, and grows again as soon as one succeeds.
 FULL_RETRY = 1.0
+#: While the server rejects the pool (a wrong password, a missing role or database, pg_hba.conf)
+#: retrying fast cannot help: one attempt after this many seconds, doubling up to
+#: REJECTED_RETRY_MAX, waiting callers or not (+-25 %).
+REJECTED_RETRY = 2.0
+REJECTED_RETRY_MAX = 30.0
+#: An attempt in flight this long without an answer is reported as "no answer" (the server is
+#: down or unreachable, or something in front of it accepts connections and never answers).
+NO_ANSWER_AFTER = 1.0
 
 _TX_STATE = {
     TS.IDLE: "idle",
@@ -163,13 +174,13 @@ def ended_by_server(exc: BaseException, conn: Any) -> bool:
 
 def going_down(exc: BaseException) -> str | None:
     """Why the server is going down, if a connection attempt failed with ``exc`` because it is
-    shutting down, starting up or in recovery (57P03 cannot_connect_now) or cannot be reached
-    (refused, timeout: no SQLSTATE); None if it refused this client (bad password 28P01, too
-    many clients 53300, ...) or if ``exc`` is not a connection error."""
+    shutting down, starting up or in recovery (57P03) or cannot be reached; None if it refused
+    this client (a bad password, too many clients, ...) or if ``exc`` is not a connection error.
+    The meaning comes from :func:`pgwarden.diagnose.classify`."""
     if not isinstance(exc, psycopg.OperationalError):
         return None
-    sqlstate = getattr(exc, "sqlstate", None)
-    return _first_line(exc) if sqlstate is None or sqlstate == "57P03" else None
+    kind = classify(exc, connecting=True).kind
+    return _first_line(exc) if kind in ("going_down", "unreachable") else None
 
 
 def log_replayed(pool_name: str, old: Slot, new: Slot, why: str) -> None:
@@ -263,6 +274,13 @@ def make_config(
                           "or a callable returning one")
     if kwargs is not None and not isinstance(kwargs, dict) and not callable(kwargs):
         raise ConfigError("kwargs must be a dict or a callable returning one")
+    if isinstance(conninfo, str):
+        try:
+            check_values(conninfo_to_dict(conninfo), "the pool's conninfo")
+        except psycopg.Error as exc:
+            raise ConfigError(f"malformed conninfo {redact(conninfo)!r}: {exc}") from None
+    if isinstance(kwargs, dict):
+        check_values(kwargs, "the pool's kwargs")
     _check_seconds("timeout", timeout)
     _check_seconds("max_lifetime", max_lifetime)
     _check_seconds("max_idle", max_idle)
@@ -421,10 +439,15 @@ class Core:
         self.last_attempt_at = 0.0
         self.last_error: str | None = None
         self.last_error_at = 0.0
-        self.server_full = False
+        #: what the failing attempts mean (pgwarden.diagnose.KINDS), None while connecting works
+        self.failure_kind: str | None = None
         self.reconnect_failed_called = False
-        self.grow_cap = config.max_size  # lowered while the server says "too many clients"
         self.lifetime_jitter = 0.1
+
+    @property
+    def server_full(self) -> bool:
+        """The last attempts failed for lack of a slot on the server."""
+        return self.failure_kind == "server_full"
 
     # -- sizes ----------------------------------------------------------------------
 
@@ -444,7 +467,7 @@ class Core:
         want = max(len(self.waiters), cfg.min_size - self.size) - self.connecting
         if want <= 0:
             return 0
-        room = min(cfg.max_size, self.grow_cap) - self.size - self.connecting
+        room = cfg.max_size - self.size - self.connecting
         # while the server refuses: one attempt in flight per pool
         slots = (1 if self.failures else cfg.num_workers) - self.connecting
         n = max(0, min(want, room, slots))
@@ -452,11 +475,18 @@ class Core:
         return n
 
     def retry_delay(self, now: float) -> float:
-        """Seconds to wait before the next connection attempt (0 when healthy)."""
+        """Seconds to wait before the next connection attempt (0 when healthy). The cadence
+        depends on what the failures mean (:func:`pgwarden.diagnose.classify`): a full server
+        about once a second, a rejected client slowly, an unreachable server fast while callers
+        wait (it may be back any moment) and with backoff otherwise."""
         if not self.failures:
             return 0.0
-        if self.server_full:
+        kind = self.failure_kind
+        if kind == "server_full":
             d = FULL_RETRY * random.uniform(0.75, 1.25)
+        elif kind in ("rejected", "invalid"):
+            d = min(REJECTED_RETRY_MAX, REJECTED_RETRY * 2 ** min(self.failures - 1, 10))
+            d *= random.uniform(0.75, 1.25)
         elif self.waiters:
             d = random.uniform(FAST_RETRY_MIN, FAST_RETRY_MAX)
         else:
@@ -470,7 +500,7 @@ class Core:
         want = max(len(self.waiters), cfg.min_size - self.size)
         if self.failures and not self.waiters and self.reconnect_failed_called:
             return False  # gave up on min_size maintenance; callers will ask again
-        return want > 0 and self.size < min(cfg.max_size, self.grow_cap)
+        return want > 0 and self.size < cfg.max_size
 
     def connect_started(self, now: float) -> None:
         self.last_attempt_at = now
@@ -483,18 +513,22 @@ class Core:
         self.failures += 1
         self.last_error = _first_line(exc)
         self.last_error_at = now
-        sqlstate = getattr(exc, "sqlstate", None)
-        full = sqlstate == "53300" or "too many clients" in str(exc)
-        if full:
-            if not self.server_full:
+        kind = classify(exc, connecting=True).kind
+        if kind != self.failure_kind:
+            self.failure_kind = kind
+            name = self.config.name
+            if kind == "server_full":
                 logger.warning(
-                    "pool %r: server refused a new connection (too many clients already); "
-                    "not growing past %d connections for now", self.config.name, self.size)
-            self.server_full = True
-            self.grow_cap = max(self.size, 1) if self.size else self.config.max_size
-        elif self.failures == 1:
-            logger.warning("pool %r: connection attempt failed (%s to %s); retrying",
-                           self.config.name, self.last_error, self.target())
+                    "pool %r: the server has no free connection slot (%s); %d connections "
+                    "open, retrying about once a second", name, self.last_error, self.size)
+            elif kind in ("rejected", "invalid"):
+                logger.warning(
+                    "pool %r: the server rejects the connection (%s to %s); retrying every "
+                    "%g s or more, not faster: fix the credentials or the DSN", name,
+                    self.last_error, self.target(), REJECTED_RETRY)
+            else:
+                logger.warning("pool %r: connection attempt failed (%s to %s); retrying",
+                               name, self.last_error, self.target())
         if (
             not self.reconnect_failed_called
             and now - self.first_failure_at >= self.config.reconnect_timeout
@@ -509,9 +543,8 @@ class Core:
             logger.info("pool %r: connected again after %d failed attempts in %.2f s",
                         self.config.name, self.failures, now - self.first_failure_at)
         self.failures = 0
-        self.server_full = False
+        self.failure_kind = None
         self.reconnect_failed_called = False
-        self.grow_cap = self.config.max_size
         self.stats.connections_num += 1
         self.stats.connections_ms += elapsed * 1000.0
         self.size += 1
@@ -656,7 +689,6 @@ class Core:
         checked-out ones are discarded on return)."""
         self.config.min_size = min_size
         self.config.max_size = max_size
-        self.grow_cap = max_size
         surplus = []
         while self.size > max_size and self.idle:
             slot = self.idle.pop(0)
@@ -735,25 +767,29 @@ class Core:
         waiting = len(self.waiters) + 1
         counts = (f"{in_use}/{cfg.max_size} in use, {len(self.idle)} idle, {waiting} waiting, "
                   f"oldest wait {oldest:.1f} s")
-        unreachable = bool(self.failures) and not self.server_full
-        if unreachable:
-            what = (
-                f"pool {cfg.name!r} cannot reach the server ({counts}): {self.failures} "
-                f"connection attempts failed over {now - self.first_failure_at:.1f} s, last: "
-                f"{self.last_error}"
-            )
-        elif self.server_full:
-            what = (
-                f"pool {cfg.name!r} is exhausted ({counts}) and cannot grow: the server refused "
-                f"new connections ({self.last_error})"
-            )
+        kind = self.failure_kind if self.failures else None
+        in_flight = now - self.last_attempt_at if self.connecting else 0.0
+        no_answer = kind is None and in_flight >= NO_ANSWER_AFTER
+        attempts = (f"{self.failures} connection attempts failed over "
+                    f"{now - self.first_failure_at:.1f} s, last: {self.last_error}")
+        if kind == "server_full":
+            what = (f"pool {cfg.name!r} is exhausted ({counts}) and cannot grow: the server has "
+                    f"no free connection slot ({attempts}); retrying about once a second")
+        elif kind in ("rejected", "invalid"):
+            what = (f"pool {cfg.name!r} cannot connect: the server rejects it ({counts}): "
+                    f"{attempts}; fix the credentials or the DSN")
+        elif kind is not None:
+            what = f"pool {cfg.name!r} cannot reach the server ({counts}): {attempts}"
+        elif no_answer:
+            what = (f"pool {cfg.name!r} cannot reach the server ({counts}): a connection "
+                    f"attempt has had no answer for {in_flight:.1f} s (the server is down or "
+                    "unreachable, or something in front of it accepts connections and never "
+                    "answers)")
         elif in_use >= cfg.max_size:
             what = f"pool {cfg.name!r} is exhausted ({counts})"
         else:
             what = f"pool {cfg.name!r} has no connection available ({counts})"
-        if self.connecting and not self.failures:
-            what += (f"; opening a new connection has taken {now - self.last_attempt_at:.1f} s "
-                     "so far (server slow or unreachable?)")
+        unreachable = no_answer or kind in ("unreachable", "going_down")
         if holders:
             what += "; longest holders: " + ", ".join(h.describe() for h in holders[:3])
             if len(holders) > 3:
@@ -772,8 +808,9 @@ class Core:
             oldest_wait=oldest,
             holders=holders,
             server_unreachable=unreachable,
-            server_full=self.server_full,
+            server_full=kind == "server_full",
             last_connect_error=self.last_error,
+            connect_failure=kind,
         )
 
 
@@ -837,15 +874,21 @@ class PoolCheckoutTimeout(PoolTimeout):
         in_use: connections checked out; idle: connections in the pool; waiting: callers
             waiting including this one; oldest_wait: seconds the oldest of them has waited.
         holders: :class:`~pgwarden.pool.Holder` snapshots, longest held first.
-        server_unreachable: connection attempts are failing (the message says why).
-        server_full: the server refused connections with "too many clients already".
+        server_unreachable: connection attempts fail or get no answer: the server is down or
+            cannot be reached (the message says why).
+        server_full: the server has no free slot ("too many clients already", "remaining
+            connection slots are reserved").
         last_connect_error: first line of the last connection error, or ``None``.
+        connect_failure: what the failing connection attempts mean
+            (:data:`pgwarden.diagnose.KINDS`: ``unreachable``, ``going_down``,
+            ``server_full``, ``rejected``, ...), or ``None`` while connecting works.
     """
 
     def __init__(self, msg: str, *, pool_name: str, timeout: float, pool_size: int,
                  pool_min: int, pool_max: int, in_use: int, idle: int, waiting: int,
                  oldest_wait: float, holders: list[Holder], server_unreachable: bool,
-                 server_full: bool, last_connect_error: str | None) -> None:
+                 server_full: bool, last_connect_error: str | None,
+                 connect_failure: str | None = None) -> None:
         super().__init__(msg)
         self.pool_name = pool_name
         self.timeout = timeout
@@ -860,6 +903,7 @@ class PoolCheckoutTimeout(PoolTimeout):
         self.server_unreachable = server_unreachable
         self.server_full = server_full
         self.last_connect_error = last_connect_error
+        self.connect_failure = connect_failure
 
 
 # -- validation protocol (driven by the shells) ----------------------------------------

@@ -1,0 +1,92 @@
+"""One test body for both pools: :class:`Pool` drives a :class:`pgwarden.ConnectionPool` (each
+blocking call in a worker thread) or an :class:`pgwarden.AsyncConnectionPool` (awaited) through
+the same async methods, so a behaviour is asserted once and holds for both.
+
+Use the ``kind`` fixture (``"sync"`` / ``"async"``) and ``make_pool(kind, conninfo, **options)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from pgwarden.pool import AsyncConnectionPool, ConnectionPool
+
+KINDS = ("sync", "async")
+
+
+class Pool:
+    """The pool's API as coroutines, whichever pool is behind it."""
+
+    def __init__(self, kind: str, conninfo: str, **options: Any) -> None:
+        self.kind = kind
+        cls: Any = ConnectionPool if kind == "sync" else AsyncConnectionPool
+        self.pool: Any = cls(conninfo, **options)
+
+    async def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        fn = getattr(self.pool, name)
+        if self.kind == "sync":
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        return await fn(*args, **kwargs)
+
+    async def open(self, wait: bool = False, timeout: float = 30.0) -> None:
+        await self._call("open", wait=wait, timeout=timeout)
+
+    async def wait(self, timeout: float = 30.0) -> None:
+        await self._call("wait", timeout)
+
+    async def getconn(self, timeout: float | None = None) -> Any:
+        return await self._call("getconn", timeout)
+
+    async def putconn(self, conn: Any) -> None:
+        await self._call("putconn", conn)
+
+    async def execute(self, conn: Any, query: str, params: Any = None) -> list[tuple[Any, ...]]:
+        """Run ``query`` on a checked-out connection and fetch all rows."""
+        if self.kind == "sync":
+            return await asyncio.to_thread(lambda: conn.execute(query, params).fetchall())
+        cur = await conn.execute(query, params)
+        return list(await cur.fetchall())
+
+    async def resize(self, min_size: int, max_size: int | None = None) -> None:
+        await self._call("resize", min_size, max_size)
+
+    async def close(self) -> None:
+        await self._call("close")
+
+    def stats(self) -> dict[str, int]:
+        return dict(self.pool.get_stats())
+
+    def holders(self) -> Any:
+        return self.pool.holders()
+
+    async def __aenter__(self) -> Pool:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+@pytest.fixture(params=KINDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    """``"sync"`` or ``"async"``: each test using it runs once per pool."""
+    return str(request.param)
+
+
+def make_pool(kind: str, conninfo: str, **options: Any) -> Pool:
+    """A closed :class:`Pool` (``open=False``); ``async with`` opens and closes it."""
+    return Pool(kind, conninfo, open=False, **options)
+
+
+async def eventually(pred: Any, timeout: float = 15.0) -> bool:
+    """Poll ``pred()`` until it is true or ``timeout`` seconds passed."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        if pred():
+            return True
+        await asyncio.sleep(0.05)
+    return bool(pred())
