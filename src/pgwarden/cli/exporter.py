@@ -16,26 +16,18 @@ import threading
 from types import FrameType
 
 import click
-from prometheus_client import CollectorRegistry, generate_latest
 
-from ..metrics.registry import parse_listen, serve
-from ..metrics.server import (
-    DEFAULT_MAX_APPLICATIONS,
-    DEFAULT_MAX_DATABASES,
-    DEFAULT_MAX_USERS,
-    DEFAULT_MIN_INTERVAL,
-    Caps,
-    ServerCollector,
-    TargetScraper,
-)
 from .boundary import EXIT
-from .options import connect_timeout_option, resolve_target
+from .options import connect_timeout_option, extra_module, resolve_target
 from .output import report
 
 __all__ = ["DEFAULT_LISTEN", "exporter"]
 
 #: Where the exporter listens by default: loopback, postgres_exporter's port.
 DEFAULT_LISTEN = "127.0.0.1:9187"
+# (documented defaults; the metrics package itself needs the optional prometheus_client)
+DEFAULT_MIN_INTERVAL = 1.0
+DEFAULT_MAX_LABELS = 20
 
 
 @click.command()
@@ -49,12 +41,12 @@ DEFAULT_LISTEN = "127.0.0.1:9187"
               default=DEFAULT_MIN_INTERVAL, show_default=True, metavar="SECONDS",
               help="Reuse a snapshot for scrapes within this many seconds (0: one per scrape).")
 @click.option("--max-applications", type=click.IntRange(min=1, max=10000),
-              default=DEFAULT_MAX_APPLICATIONS, show_default=True, metavar="N",
+              default=DEFAULT_MAX_LABELS, show_default=True, metavar="N",
               help="Applications with their own label value; the rest are '(other)'.")
-@click.option("--max-users", type=click.IntRange(min=1, max=10000), default=DEFAULT_MAX_USERS,
+@click.option("--max-users", type=click.IntRange(min=1, max=10000), default=DEFAULT_MAX_LABELS,
               show_default=True, metavar="N", help="Users with their own label value.")
 @click.option("--max-databases", type=click.IntRange(min=1, max=10000),
-              default=DEFAULT_MAX_DATABASES, show_default=True, metavar="N",
+              default=DEFAULT_MAX_LABELS, show_default=True, metavar="N",
               help="Databases with their own label value.")
 @click.option("--once", is_flag=True, help="Print the metrics once on stdout and exit.")
 @click.pass_context
@@ -64,17 +56,21 @@ def exporter(ctx: click.Context, /, dsns: tuple[str, ...], connect_timeout: floa
     """Prometheus metrics of PostgreSQL servers: slots, sessions by state and application,
     oldest idle and idle-in-transaction sessions, lock waits, new sessions, the doctor's
     findings. Docs: docs/exporter.md"""
+    prom = extra_module("prometheus_client", "metrics")
+    from ..metrics.registry import parse_listen, serve
+    from ..metrics.server import Caps, ServerCollector, TargetScraper
+
     address = parse_listen(listen)
     caps = Caps(applications=max_applications, users=max_users, databases=max_databases)
     targets = [resolve_target(d, command="exporter", connect_timeout=connect_timeout)
                for d in (dsns or (None,))]
     collector = ServerCollector([TargetScraper(t, min_interval=min_interval, caps=caps)
                                  for t in targets])
-    registry = CollectorRegistry()
+    registry = prom.CollectorRegistry()
     registry.register(collector)
     if once:
         try:
-            text = generate_latest(registry).decode()
+            text = prom.generate_latest(registry).decode()
         finally:
             collector.close()
         with report():
