@@ -295,16 +295,27 @@ class TargetScraper:
         return [Sample(SNAPSHOTS, (), self.snapshots), Sample(SCRAPE_ERRORS, (), self.errors)]
 
     def _snapshot(self) -> Snapshot:
-        conn = self._conn
-        if conn is None or conn.closed or conn.broken:
-            self.close()
-            conn = self._conn = connect(self.target)
-            logger.info("%s: connected as backend %s", self.label, conn.info.backend_pid)
-        try:
-            return postgres.take(conn, query_chars=0)
-        except psycopg.Error:
-            self.close()
-            raise
+        """A snapshot on the long-lived connection; a connection found lost (a restart, a
+        terminated session) is replaced once within the same scrape, so the line logged says
+        what the server does now (refuses, is starting up...), not that an old session ended."""
+        for attempt in (1, 2):
+            conn = self._conn
+            fresh = conn is None or conn.closed or conn.broken
+            if fresh:
+                self.close()
+                conn = self._conn = connect(self.target)
+                logger.info("%s: connected as backend %s", self.label, conn.info.backend_pid)
+            assert conn is not None
+            try:
+                return postgres.take(conn, query_chars=0)
+            except psycopg.OperationalError:
+                self.close()
+                if fresh or attempt == 2:
+                    raise
+            except psycopg.Error:
+                self.close()
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _down(self, exc: BaseException) -> None:
         """One log line when the target goes down or fails differently than before."""
