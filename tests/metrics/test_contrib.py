@@ -66,3 +66,12 @@ def test_every_metric_is_documented() -> None:
         assert f"`{spec.exposed_name}`" in docs, spec.exposed_name
     for spec in SERVER_METRICS:
         assert f"`{spec.exposed_name}`" in readme, spec.exposed_name
+
+
+def test_the_cli_documents_the_library_defaults() -> None:
+    from pgwarden.cli import exporter as cli_exporter
+    from pgwarden.metrics import server
+
+    assert cli_exporter.DEFAULT_MIN_INTERVAL == server.DEFAULT_MIN_INTERVAL
+    assert cli_exporter.DEFAULT_MAX_LABELS == server.DEFAULT_MAX_APPLICATIONS == (
+        server.DEFAULT_MAX_USERS) == server.DEFAULT_MAX_DATABASES

