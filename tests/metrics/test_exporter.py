@@ -8,7 +8,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 import psycopg
 import pytest
@@ -18,7 +17,6 @@ from pgwarden.metrics import OTHER, Caps
 
 from ..conftest import Sessions
 from .helpers import (
-    APP_PASSWORD,
     MON_PASSWORD,
     NOMON_PASSWORD,
     add_roles,
@@ -278,7 +276,3 @@ def test_postgresql_16_reserved_connections_are_not_usable(
     assert value(v, "pgwarden_slots_usable") == 12 - 3 - 2
     assert value(v, "pgwarden_slots_reserved", kind="reserved") == 2
     s.close()
-
-
-def _unused(*_: Any) -> None:  # keep imports used by name in the docs
-    _ = APP_PASSWORD
