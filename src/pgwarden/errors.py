@@ -10,6 +10,7 @@
     │   └── ServerFullError                   SQLSTATE 53300, too many clients
     ├── PermissionMissing                     the role lacks a needed privilege   CLI exit 4
     ├── AuditError (also OSError)              the guard's audit log cannot be written CLI exit 74
+    ├── ListenError (also OSError)             a metrics endpoint cannot be bound  CLI exit 74
     └── PoolError (also psycopg.OperationalError)
         ├── PoolTimeout                       no connection within ``timeout``
         ├── PoolClosed                        the pool is closed
@@ -29,6 +30,7 @@ __all__ = [
     "ConfigFileError",
     "ConnectError",
     "EmbeddedError",
+    "ListenError",
     "PermissionMissing",
     "PgwardenError",
     "PoolClosed",
@@ -122,6 +124,19 @@ class AuditError(PgwardenError, OSError):
     def __init__(self, message: str, *, destination: str) -> None:
         super().__init__(message)
         self.destination = destination
+
+
+class ListenError(PgwardenError, OSError):
+    """A metrics endpoint cannot listen on its address (the port is in use, the address is
+    not on this host, a privileged port).
+
+    Attributes:
+        address: ``HOST:PORT``.
+    """
+
+    def __init__(self, message: str, *, address: str) -> None:
+        super().__init__(message)
+        self.address = address
 
 
 class PoolError(PgwardenError, psycopg.OperationalError):

@@ -172,8 +172,9 @@ def test_metrics_keys():
     m.record_outcome(rule="idle", application="psql", action="terminate", outcome="skipped",
                      skip="protected")
     d = m.as_dict()
-    assert d["terminations_total"] == {"idle/web": 1}
-    assert d["skipped_total"] == {"protected": 1}
-    assert d["actions_total"]["idle/psql/terminate/skipped"] == 1
+    assert d["terminations_total"] == [{"rule": "idle", "application": "web", "value": 1}]
+    assert d["skipped_total"] == [{"rule": "idle", "skip": "protected", "value": 1}]
+    assert {"rule": "idle", "application": "psql", "action": "terminate",
+            "outcome": "skipped", "value": 1} in d["actions_total"]
     assert {"passes_total", "errors_total", "candidates_total", "pass_duration_seconds_last",
             "usage", "leader"} <= set(d)

@@ -40,8 +40,8 @@ def test_daemon_survives_a_server_restart(make_cluster, sessions):
         wait_until(lambda: pid not in live_pids(cluster), timeout=30)
         assert daemon.failures >= 1  # the pass after the restart lost its connection
         assert daemon.passes > passes_before
-        assert daemon.metrics.as_dict()["terminations_total"] == {
-            "idle_in_transaction/rs-app": 1}
+        assert daemon.metrics.as_dict()["terminations_total"] == [
+            {"rule": "idle_in_transaction", "application": "rs-app", "value": 1}]
     finally:
         daemon.stop()
         thread.join(10)
@@ -115,8 +115,8 @@ def test_two_daemons_never_both_act(gpg, sessions):
     leaders = {name for name, flags in results.items() if any(flags)}
     assert len(leaders) == 1
     terminated = sum(
-        n for d in (a, b) for n in d.metrics.as_dict()["terminations_total"].values())
+        r["value"] for d in (a, b) for r in d.metrics.as_dict()["terminations_total"])
     assert terminated == 4
     follower = ({"a", "b"} - leaders).pop()
     standby = (a if follower == "a" else b).metrics.as_dict()
-    assert standby["terminations_total"] == {} and standby["leader"] == 0
+    assert standby["terminations_total"] == [] and standby["leader"] == 0

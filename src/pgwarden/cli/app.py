@@ -25,6 +25,8 @@ COMMANDS = {
     "explain": "pgwarden.cli.explain:explain",
     "guard": "pgwarden.cli.guard:guard",
     "demo": "pgwarden.cli.demo:demo",
+    "exporter": "pgwarden.cli.exporter:exporter",
+    "top": "pgwarden.cli.top:top",
 }
 
 

@@ -14,7 +14,7 @@ Exit codes (``pgwarden --help``, docs/cli.md):
 64    usage error: unknown option, malformed DSN, invalid connection parameter or value
 70    internal error: a bug in pgwarden (one line; ``PGWARDEN_DEBUG=1`` prints the traceback)
 74    I/O error: an output or audit destination cannot be written (the guard stops rather than
-      act without an audit record)
+      act without an audit record); a metrics endpoint cannot listen (port in use)
 78    configuration file error (the message names the file and the key)
 130   interrupted (Ctrl-C)
 ====  ==========================================================================================
@@ -40,6 +40,7 @@ from ..errors import (
     ConfigError,
     ConfigFileError,
     ConnectError,
+    ListenError,
     PermissionMissing,
     PgwardenError,
 )
@@ -112,7 +113,7 @@ def exit_for(exc: BaseException) -> tuple[int, str | None]:
         return EXIT["config"], str(exc)
     if isinstance(exc, ConfigError):
         return EXIT["usage"], str(exc)
-    if isinstance(exc, AuditError):
+    if isinstance(exc, (AuditError, ListenError)):
         return EXIT["io"], str(exc)
     if isinstance(exc, PgwardenError):
         return EXIT["cannot_connect"], str(exc)

@@ -8,6 +8,7 @@ too), 74 the audit log cannot be written (the guard stops rather than act withou
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
@@ -23,7 +24,13 @@ from ..guard.daemon import Daemon
 from ..guard.policy import Policy
 from ..guard.runner import Guard, PassResult
 from .boundary import EXIT
-from .options import connect_timeout_option, dsn_option, format_option, resolve_target
+from .options import (
+    connect_timeout_option,
+    dsn_option,
+    extra_module,
+    format_option,
+    resolve_target,
+)
 from .output import report
 
 __all__ = ["guard"]
@@ -159,6 +166,9 @@ def _render_text(result: PassResult, where: str) -> str:
 @click.option("--protect-user", "protect_users", multiple=True, metavar="GLOB")
 @click.option("--protect-database", "protect_databases", multiple=True, metavar="GLOB")
 @click.option("--protect-network", "protect_networks", multiple=True, metavar="CIDR")
+@click.option("--metrics-listen", default=None, metavar="HOST:PORT",
+              help="Serve the guard's counters as Prometheus metrics on /metrics there (daemon "
+              "only; off by default; a bare PORT binds 127.0.0.1).")
 @format_option
 @click.pass_context
 def guard(
@@ -171,6 +181,7 @@ def guard(
     enforce: bool,
     dry_run: bool,
     fmt: str,
+    metrics_listen: str | None,
     **options: Any,
 ) -> None:
     """Free idle sessions by policy, never touching what must not be touched.
@@ -183,6 +194,15 @@ def guard(
     """
     if enforce and dry_run:
         raise click.UsageError("--enforce and --dry-run contradict each other")
+    if metrics_listen is not None and once:
+        raise click.UsageError("--metrics-listen serves the daemon's counters; it does not "
+                               "go with --once")
+    listen = None
+    if metrics_listen is not None:
+        prom = extra_module("prometheus_client", "metrics")
+        from ..metrics import GuardCollector, parse_listen, serve
+
+        listen = parse_listen(metrics_listen, option="--metrics-listen")
     overrides = {k: options.get(k) for k in _OPTION_KEYS}
     if enforce:
         overrides["enforce"] = True
@@ -210,9 +230,15 @@ def guard(
     extra: tuple[str, ...] = () if policy.audit_log else ("-",)
     daemon = Daemon(target, policy, load=load, audit=extra, connect_timeout=connect_timeout)
     mode = "enforcing" if policy.enforce else "dry run"
-    click.echo(f"pgwarden guard: watching {target.where} every {policy.interval:g}s ({mode}); "
-               "SIGHUP reloads, SIGTERM stops", err=True)
-    daemon.run(install_signals=True)
+    with contextlib.ExitStack() as stack:
+        if listen is not None:
+            registry = prom.CollectorRegistry()
+            registry.register(GuardCollector(daemon.metrics))
+            server = stack.enter_context(serve(registry, listen))
+            click.echo(f"pgwarden guard: metrics on {server.url}", err=True)
+        click.echo(f"pgwarden guard: watching {target.where} every {policy.interval:g}s "
+                   f"({mode}); SIGHUP reloads, SIGTERM stops", err=True)
+        daemon.run(install_signals=True)
     click.echo(f"pgwarden guard: stopped after {daemon.passes} passes", err=True)
     with report():
         sys.stdout.flush()

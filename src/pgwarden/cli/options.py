@@ -7,17 +7,21 @@ the error boundary can name the server in its one line when the command loses it
 from __future__ import annotations
 
 import contextvars
+import importlib
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any, TypeVar
 
 import click
 
 from ..conninfo import Target, resolve
+from ..errors import ConfigError
 
 __all__ = [
     "connect_timeout_option",
     "current_target",
     "dsn_option",
+    "extra_module",
     "format_option",
     "resolve_target",
     "seconds_option",
@@ -87,3 +91,15 @@ def seconds_option(name: str, default: float, help_: str) -> Callable[[_F], _F]:
     """An option taking seconds (a float > 0)."""
     return click.option(name, type=click.FloatRange(min=0.001, max=1e9), default=default,
                         show_default=True, metavar="SECONDS", help=help_)
+
+
+def extra_module(name: str, extra: str) -> ModuleType:
+    """Import ``name``, an optional dependency of pgwarden's ``extra``.
+
+    Raises:
+        ConfigError: it is not installed (a usage error naming the pip command).
+    """
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise ConfigError(f"this command needs {name}: pip install \"pgwarden[{extra}]\"") from None

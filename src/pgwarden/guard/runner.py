@@ -42,7 +42,14 @@ from .audit import AuditLog, AuditRecord, iso, now_iso
 from .metrics import GuardMetrics
 from .policy import Action, Plan, Policy, Skip, decide
 
-__all__ = ["LOCK_KEY", "Guard", "Outcome", "PassResult"]
+__all__ = [
+    "LOCK_KEY",
+    "Guard",
+    "Outcome",
+    "PassResult",
+    "Signalled",
+    "signal_backend",
+]
 
 logger = logging.getLogger("pgwarden.guard")
 
@@ -489,42 +496,70 @@ class Guard:
         return Outcome(now_iso(), s.rule, s.kind, "skipped", s.code, s.reason, s.session)
 
     def _execute(self, conn: psycopg.Connection[Any], a: Action) -> Outcome:
-        version = conn.info.server_version
-        name = "do_terminate" if a.kind == "terminate" else "do_cancel"
-        params = {
-            "pid": a.pid,
-            "backend_start": a.backend_start,
-            "state": a.state,
-            "state_change": a.state_change,
-        }
         try:
-            row = conn.cursor(row_factory=dict_row).execute(_q(name, version), params).fetchone()
+            hit = signal_backend(conn, a.kind, a.session)
         except psycopg.OperationalError:
             raise
         except psycopg.Error as exc:
             logger.warning("guard could not %s backend %s: %s", a.kind, a.pid, server_message(exc))
             return self._outcome(a, "failed", None, f"{server_message(exc)} ({a.reason})")
-        if row and row["hit"]:
+        if hit.hit:
             self._recent.append(time.monotonic())
             done = "terminated" if a.kind == "terminate" else "cancelled"
             logger.info("guard %s backend %s (%s, rule %s): %s", done, a.pid, a.session.label,
                         a.rule, a.reason)
             return self._outcome(a, done, None, a.reason)
-        code, why = self._why_missed(conn, a)
-        return self._outcome(a, "skipped", code, f"{why}; not touched ({a.reason})")
+        return self._outcome(a, "skipped", hit.skip, f"{hit.why}; not touched ({a.reason})")
 
-    @staticmethod
-    def _why_missed(conn: psycopg.Connection[Any], a: Action) -> tuple[str, str]:
-        row = conn.cursor(row_factory=dict_row).execute(
-            _q("get_guard_target", conn.info.server_version), {"pid": a.pid}).fetchone()
-        if row is None:
-            return "gone", "session ended before it was acted on"
-        backend_start, state = row["backend_start"], row["state"]
-        state_change, backend_type = row["state_change"], row["backend_type"]
-        if backend_start != a.backend_start or backend_type != "client backend":
-            return "pid_reused", "pid now belongs to a different session"
-        if state != a.state:
-            return "state_changed", f"session is now {state!r}, was {a.state!r}"
-        if state_change != a.state_change:
-            return "state_changed", f"session was used since it was chosen (still {state!r})"
-        return "state_changed", "session changed while being acted on"
+
+@dataclass(frozen=True, slots=True)
+class Signalled:
+    """What :func:`signal_backend` did.
+
+    Attributes:
+        hit: the backend was signalled.
+        skip: when not hit: ``gone``, ``pid_reused`` or ``state_changed``.
+        why: when not hit, for humans (``session is now 'active', was 'idle'``).
+    """
+
+    hit: bool
+    skip: str | None = None
+    why: str = ""
+
+
+def signal_backend(conn: psycopg.Connection[Any], kind: str, session: Session) -> Signalled:
+    """Terminate (``kind="terminate"``) or cancel (``"cancel"``) ``session``'s backend, race-safe:
+    only if the pid still belongs to the same session in the same state as ``session`` says
+    (``do_terminate.sql`` / ``do_cancel.sql``: pid + ``backend_start`` + ``state`` +
+    ``state_change``). The guard and ``pgwarden top`` act through here; protection
+    (:func:`pgwarden.guard.policy.protected`) is the caller's to check first.
+
+    Raises:
+        psycopg.Error: the server refused (permission: the role lacks ``pg_signal_backend``, or
+            the backend is a superuser's) or the connection was lost.
+    """
+    version = conn.info.server_version
+    name = "do_terminate" if kind == "terminate" else "do_cancel"
+    params = {
+        "pid": session.pid,
+        "backend_start": session.backend_start,
+        "state": session.state,
+        "state_change": session.state_change,
+    }
+    row = conn.cursor(row_factory=dict_row).execute(_q(name, version), params).fetchone()
+    if row and row["hit"]:
+        return Signalled(True)
+    row = conn.cursor(row_factory=dict_row).execute(
+        _q("get_guard_target", version), {"pid": session.pid}).fetchone()
+    if row is None:
+        return Signalled(False, "gone", "session ended before it was acted on")
+    backend_start, state = row["backend_start"], row["state"]
+    state_change, backend_type = row["state_change"], row["backend_type"]
+    if backend_start != session.backend_start or backend_type != "client backend":
+        return Signalled(False, "pid_reused", "pid now belongs to a different session")
+    if state != session.state:
+        return Signalled(False, "state_changed", f"session is now {state!r}, was {session.state!r}")
+    if state_change != session.state_change:
+        return Signalled(False, "state_changed",
+                         f"session was used since it was chosen (still {state!r})")
+    return Signalled(False, "state_changed", "session changed while being acted on")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from psycopg import sql
 
@@ -150,11 +150,17 @@ class Snapshot:
     sessions: tuple[Session, ...]
     sessions_total: int | None = None
     duration: float = 0.0
+    _clients: tuple[Session, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # computed once: every rule, the guard's policy and the exporter ask for it
+        object.__setattr__(self, "_clients",
+                           tuple(s for s in self.sessions if s.is_client_backend))
 
     @property
     def client_backends(self) -> tuple[Session, ...]:
         """Client sessions (not walsenders, autovacuum, background workers), pgwarden's excluded."""
-        return tuple(s for s in self.sessions if s.is_client_backend)
+        return self._clients
 
     @property
     def used_slots(self) -> int:
