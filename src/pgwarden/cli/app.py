@@ -25,6 +25,8 @@ COMMANDS = {
     "explain": "pgwarden.cli.explain:explain",
     "guard": "pgwarden.cli.guard:guard",
     "demo": "pgwarden.cli.demo:demo",
+    "budget": "pgwarden.cli.budget:budget",
+    "pgbouncer": "pgwarden.cli.pgbouncer:pgbouncer",
 }
 
 

@@ -57,6 +57,11 @@ STEP_OF_DIAGNOSIS = {
     "too_many_clients": "server",
     "too_many_connections_for_role": "server",
     "cannot_connect_now": "server",
+    "pgbouncer_max_client_conn": "server",
+    "pgbouncer_server_login_failing": "server",
+    "pgbouncer_query_wait_timeout": "server",
+    "pgbouncer_no_such_database": "database",
+    "pgbouncer_console": "authentication",
 }
 
 _NO_ANSWER_FIX = (

@@ -17,7 +17,7 @@ from .queries import load
 from .queries import query as _q
 from .records import Server, Session, Settings, Snapshot
 
-__all__ = ["SETTING_NAMES", "new_sessions", "take"]
+__all__ = ["SETTING_NAMES", "application_counts", "new_sessions", "take"]
 
 #: Settings read into :class:`Settings`; those a server lacks keep their defaults.
 SETTING_NAMES = (
@@ -117,3 +117,11 @@ def new_sessions(conn: psycopg.Connection[Any], since: dt.datetime) -> dict[int,
     cur = conn.cursor(row_factory=dict_row)
     rows = cur.execute(_q("get_new_sessions", conn.info.server_version), {"since": since})
     return {r["pid"]: r["application_name"] or "" for r in rows.fetchall()}
+
+
+def application_counts(conn: psycopg.Connection[Any]) -> dict[str, int]:
+    """Client sessions per ``application_name`` now (``""`` for none), pgwarden's own session
+    left out: one cheap query, polled while ``pgwarden budget --sample`` watches for peaks."""
+    cur = conn.cursor(row_factory=dict_row)
+    rows = cur.execute(_q("get_application_counts", conn.info.server_version)).fetchall()
+    return {r["application"]: int(r["sessions"]) for r in rows}
