@@ -141,6 +141,7 @@ class EmbeddedPgBouncer:
         self._include = Path(include).resolve() if include else None
         self._settings: dict[str, IniValue] = dict(_BASE)
         self._settings.update(settings or {})
+        self._explicit: dict[str, IniValue] = dict(settings or {})
         if databases is None and server is not None and include is None:
             databases = {"*": {"host": server.host, "port": server.port}}
         self._databases = dict(databases or {})
@@ -219,7 +220,10 @@ class EmbeddedPgBouncer:
         if self._include is not None:
             copy = self.base_dir / "included.ini"
             shutil.copyfile(self._include, copy)
-            body = ini_text({**_BASE, **self._settings, **listen}, self._databases)
+            # the included file runs as written: only where to listen, log and authenticate
+            # (and what the caller passed explicitly) is overridden
+            own = {"listen_addr": self.host, "unix_socket_dir": "", **self._explicit}
+            body = ini_text({**own, **listen}, self._databases)
             text = f"%include {copy}\n\n{body}"
         else:
             text = ini_text({**self._settings, **listen}, self._databases)
@@ -231,6 +235,7 @@ class EmbeddedPgBouncer:
         """Change ``[pgbouncer]`` settings and ``RELOAD`` (settings PgBouncer can only take at
         start, such as ``listen_port``, need :meth:`restart`)."""
         self._settings.update(settings)
+        self._explicit.update(settings)
         self._write_files()
         if self.running:
             self.admin("RELOAD")

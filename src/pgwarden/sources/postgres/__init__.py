@@ -7,7 +7,14 @@ view are pure functions of it.
 from __future__ import annotations
 
 from .records import Server, Session, Settings, Snapshot
-from .snapshot import application_counts, new_sessions, read_server, read_settings, take
+from .snapshot import (
+    application_counts,
+    new_sessions,
+    read_server,
+    read_settings,
+    role_secrets,
+    take,
+)
 
 __all__ = [
     "Server",
@@ -18,5 +25,6 @@ __all__ = [
     "new_sessions",
     "read_server",
     "read_settings",
+    "role_secrets",
     "take",
 ]
