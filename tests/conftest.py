@@ -100,3 +100,23 @@ def sessions() -> Iterator[Sessions]:
     s = Sessions()
     yield s
     s.close()
+
+
+@pytest.fixture
+def make_bouncer() -> Iterator[Callable[..., Any]]:
+    """``make_bouncer(server, **kwargs)``: a real PgBouncer (the system's), closed at the end
+    of the test; skips only where pgbouncer is not installed (``.ci/run`` installs it)."""
+    from pgwarden.embedded_pgbouncer import EmbeddedPgBouncer, pgbouncer_available
+
+    if not pgbouncer_available():
+        pytest.skip("pgbouncer is not installed (apt-get install pgbouncer)")
+    made: list[EmbeddedPgBouncer] = []
+
+    def make(server: EmbeddedPostgres | None = None, **kwargs: Any) -> EmbeddedPgBouncer:
+        bouncer = EmbeddedPgBouncer(server, **kwargs)
+        made.append(bouncer)
+        return bouncer
+
+    yield make
+    for bouncer in made:
+        bouncer.close()

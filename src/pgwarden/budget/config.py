@@ -118,8 +118,9 @@ class _Reader:
                 raise self.fail(f"{key}.{name}", f"missing; a {kind} pool needs it")
         for low, high in (("min_size", "max_size"), ("minconn", "maxconn")):
             if low in settings and high in settings and settings[low] > settings[high]:
+                given = "" if low in value else f" ({kind}'s default)"
                 raise self.fail(f"{key}.{low}", f"must not exceed {high} ({settings[high]}), "
-                                f"got {settings[low]}")
+                                f"got {settings[low]}{given}; {kind} refuses it too")
         drivers = DRIVERS[kind]
         driver = value.get("driver", drivers[0])
         if driver not in drivers:
