@@ -94,9 +94,9 @@ class EmbeddedPgBouncer:
         users: auth-file entries (user -> plain password or SCRAM secret); default: the
             server's superuser with its password. The admin user is always added.
         include: an existing ``pgbouncer.ini`` (e.g. written by ``pgwarden pgbouncer init``)
-            to run as it is: it is ``%include``-d first and only where to listen, log and find
-            the auth file is overridden (its auth file, when it names one that exists, is
-            copied in).
+            to run as written: only where to listen, log and find the auth file is replaced
+            in its ``[pgbouncer]`` section (its auth file, when it names one that exists, is
+            copied in, readable by the unprivileged user).
         admin_user: the user in ``admin_users`` (the admin console, database ``pgbouncer``).
         binary: the ``pgbouncer`` program (default: :func:`find_binary`).
         start: start at construction.
@@ -218,13 +218,12 @@ class EmbeddedPgBouncer:
         self.auth_file.write_text(auth_file_text(users))
         os.chmod(self.auth_file, 0o600)
         if self._include is not None:
-            copy = self.base_dir / "included.ini"
-            shutil.copyfile(self._include, copy)
-            # the included file runs as written: only where to listen, log and authenticate
-            # (and what the caller passed explicitly) is overridden
+            # the given file runs as written: only where to listen, log and authenticate (and
+            # what the caller passed explicitly) is replaced in its [pgbouncer] section
+            # (PgBouncer resets that section's settings when it meets it again, so an
+            # %include followed by overrides would lose the included settings)
             own = {"listen_addr": self.host, "unix_socket_dir": "", **self._explicit}
-            body = ini_text({**own, **listen}, self._databases)
-            text = f"%include {copy}\n\n{body}"
+            text = _override(self._include.read_text(), {**own, **listen})
         else:
             text = ini_text({**self._settings, **listen}, self._databases)
         self.ini_file.write_text(text)
@@ -361,6 +360,40 @@ def _setting(text: str, key: str) -> str | None:
         if sep and name.strip() == key:
             value = rest.strip()
     return value
+
+
+def _override(text: str, settings: Mapping[str, IniValue]) -> str:
+    """``text`` (a pgbouncer.ini) with ``settings`` replaced in, or added to, its
+    ``[pgbouncer]`` section."""
+    lines = text.splitlines()
+    out: list[str] = []
+    section = ""
+    done: set[str] = set()
+
+    def rest() -> list[str]:
+        return [f"{k} = {ini_text({k: v}, {}).splitlines()[-1].split(' = ', 1)[1]}"
+                for k, v in settings.items() if k not in done]
+
+    for line in lines:
+        stripped = line.strip()
+        if stripped.startswith("[") and stripped.endswith("]"):
+            if section == "pgbouncer":
+                out += rest()
+                done.update(settings)
+            section = stripped[1:-1].strip().lower()
+        elif section == "pgbouncer" and "=" in stripped and not stripped.startswith((";", "#")):
+            key = stripped.split("=", 1)[0].strip()
+            if key in settings:
+                if key not in done:
+                    out += [ln for ln in rest() if ln.split(" = ", 1)[0] == key]
+                    done.add(key)
+                continue
+        out.append(line)
+    if section == "pgbouncer":
+        out += rest()
+    elif len(done) < len(settings):
+        out += ["[pgbouncer]", *rest()]
+    return "\n".join(out) + "\n"
 
 
 def _auth_entries(text: str) -> dict[str, str]:
