@@ -212,3 +212,20 @@ def _render(plan: InitPlan, files: dict[str, Path], version_from: str, where: st
     out.print("[bold]transaction mode:[/] session state does not outlive a transaction:")
     for c in plan.caveats:
         out.print(f"  - {escape(c)}")
+
+
+@pgbouncer.command("status")
+@click.option("--pgbouncer", "pgbouncer_dsn", required=True, metavar="DSN",
+              help="The admin console: postgresql://USER@HOST:6432/pgbouncer.")
+@click.option("--dsn", default=None, metavar="DSN",
+              help="The PostgreSQL behind it, to name the session state of each server "
+              "connection (SHOW SERVERS.remote_pid = pg_stat_activity.pid).")
+@connect_timeout_option
+@format_option
+def status_command(pgbouncer_dsn: str, dsn: str | None, connect_timeout: float,
+                   fmt: str) -> None:
+    """PgBouncer's pools, and which client holds which server session (same as `pgwarden
+    status --pgbouncer DSN`)."""
+    from .status import run_status
+
+    run_status(dsn, pgbouncer_dsn, connect_timeout, fmt)
