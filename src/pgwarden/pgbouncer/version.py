@@ -8,6 +8,7 @@ ParameterStatus is ``1.18.0/bouncer``.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import shutil
 import subprocess
@@ -50,8 +51,12 @@ def parse_version(text: str) -> Version:
 
 
 def find_binary() -> str | None:
-    """Path of the ``pgbouncer`` program (``$PATH``, then /usr/sbin, /usr/bin,
-    /usr/local/bin), or ``None`` when it is not installed."""
+    """Path of the ``pgbouncer`` program (``$PGWARDEN_PGBOUNCER``, ``$PATH``, then /usr/sbin,
+    /usr/bin, /usr/local/bin), or ``None`` when it is not installed (or
+    ``$PGWARDEN_PGBOUNCER`` names no program)."""
+    env = os.environ.get("PGWARDEN_PGBOUNCER")
+    if env:
+        return env if shutil.which(env) else None
     found = shutil.which("pgbouncer")
     if found:
         return found
