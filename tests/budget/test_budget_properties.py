@@ -27,7 +27,7 @@ _KINDS = ["sqlalchemy", "asyncpg", "psycopg_pool", "pgwarden", "psycopg2", "djan
 
 scalars = st.one_of(
     st.integers(min_value=-5, max_value=3_000_000),
-    st.sampled_from(_KINDS + ["psycopg", "asyncpg", "psycopg2", "10%", "150%", "x"]),
+    st.sampled_from([*_KINDS, "psycopg", "asyncpg", "psycopg2", "10%", "150%", "x"]),
     st.booleans(),
     st.floats(allow_nan=False, allow_infinity=False, min_value=-10, max_value=1e7),
     st.text(max_size=8),

@@ -174,7 +174,7 @@ def test_generated_ini_serves_every_driver(server: EmbeddedPostgres, tmp_path: P
 def test_auth_query_setup(server: EmbeddedPostgres, tmp_path: Path,
                           make_bouncer: Callable[..., Any],
                           capsys: pytest.CaptureFixture[str]) -> None:
-    j, out = _init(capsys, tmp_path, server, "--auth", "query")
+    _j, out = _init(capsys, tmp_path, server, "--auth", "query")
     sql = out / "auth_query.sql"
     assert oct(stat.S_IMODE(os.stat(sql).st_mode)) == "0o600"
     text = sql.read_text()

@@ -147,6 +147,7 @@ class _Reader:
                 raise self.fail(f"{key}.pools", "give either kind = ... (one pool) or "
                                 "[[services.NAME.pools]] tables, not both")
         t = self.table(value, key, (*_SERVICE_KEYS, *pool_keys))
+        pools: tuple[Pool, ...]
         if shorthand:
             pools = (self.pool({k: v for k, v in t.items() if k in pool_keys}, key),)
         else:

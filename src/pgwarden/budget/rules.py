@@ -227,7 +227,7 @@ def _waterfill(floors: list[int], caps: list[int], weights: list[float], total: 
         got = sum(min(c, max(f, mid * w)) for f, c, w in zip(floors, caps, weights,
                                                             strict=True))
         lo, hi = (mid, hi) if got <= total else (lo, mid)
-    shares = [int(math.floor(min(c, max(f, lo * w)) + 1e-9))
+    shares = [math.floor(min(c, max(f, lo * w)) + 1e-9)
               for f, c, w in zip(floors, caps, weights, strict=True)]
     return [max(f, s) for f, s in zip(floors, shares, strict=True)]
 
@@ -299,7 +299,7 @@ def pgbouncer_sizing(budget: Budget, slots: ServerSlots, *, direct: int = 0,
     biggest = max(shares) if shares else 0
     reserve = min(5, biggest // 10)
     clients = sum(s.worst_case for s in pooled)
-    max_client = max(_PGBOUNCER_MIN_CLIENTS, int(math.ceil((clients + 10) / 10.0)) * 10)
+    max_client = max(_PGBOUNCER_MIN_CLIENTS, math.ceil((clients + 10) / 10.0) * 10)
     return PgBouncerSizing(
         server_slots=server_slots,
         databases=databases,

@@ -166,16 +166,19 @@ def _pooler(conn: Any, target: Target) -> str:
     session, so they differ; in transaction (or statement) mode the idle first one gave it
     back and the second gets the same one (PgBouncer reuses the last released server first).
     """
-    real = conn.execute(b"select pg_backend_pid()", prepare=False).fetchone()[0]
+    row = conn.execute(b"select pg_backend_pid()", prepare=False).fetchone()
+    real = row[0] if row else None
     if real == conn.info.backend_pid:
         return ""
     conn.prepare_threshold = None
     mode = "pool mode not determined"
     with contextlib.suppress(Exception):
         with psycopg.connect(target.conninfo, autocommit=True, prepare_threshold=None) as other:
-            second = other.execute(b"select pg_backend_pid()", prepare=False).fetchone()[0]
-        again = conn.execute(b"select pg_backend_pid()", prepare=False).fetchone()[0]
-        if second == real or second == again:
+            second = (other.execute(b"select pg_backend_pid()", prepare=False)
+                      .fetchone() or (None,))[0]
+        again = (conn.execute(b"select pg_backend_pid()", prepare=False).fetchone()
+                 or (None,))[0]
+        if second in (real, again):
             mode = "transaction (or statement) pool mode: two connections shared one server " \
                    "session; drivers must not rely on session state or prepared statements " \
                    "(pgwarden pgbouncer init prints the settings)"

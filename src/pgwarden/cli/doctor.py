@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ..doctor.report import render_report
 from ..doctor.pgbouncer_rules import BouncerThresholds
+from ..doctor.report import render_report
 from ..doctor.rules import Thresholds
 from ..doctor.run import examine
 from ..errors import ConfigError

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-
 from typing import Any
 
 from ..conninfo import Target, connect
@@ -64,9 +63,9 @@ def examine(target: Target | None, *, thresholds: Thresholds | None = None,
     if target is None:
         if pgbouncer is None:
             raise ValueError("examine needs a PostgreSQL target, a PgBouncer target or both")
-        found, part = examine_pgbouncer(pgbouncer, None, bouncer_thresholds)
-        return Report(findings=tuple(sorted(found, key=lambda f: -f.rank)),
-                      target=pgbouncer.where, pgbouncer=part)
+        only, alone = examine_pgbouncer(pgbouncer, None, bouncer_thresholds)
+        return Report(findings=tuple(sorted(only, key=lambda f: -f.rank)),
+                      target=pgbouncer.where, pgbouncer=alone)
     try:
         conn = connect(target)
     except ServerFullError as exc:
