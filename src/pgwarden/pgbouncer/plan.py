@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from ..budget.model import Budget, Pool, ServerSlots
 from ..budget.rules import PgBouncerSizing, pgbouncer_sizing
-from .drivers import DriverAdvice, advice
+from .drivers import TRANSACTION_MODE_CAVEATS, DriverAdvice, advice
 from .ini import IniValue, ini_text, scram_secret
 from .version import Version
 
@@ -37,6 +37,7 @@ __all__ = [
     "auth_query_sql",
     "driver_of",
     "make_plan",
+    "new_password",
 ]
 
 #: The role PgBouncer runs ``auth_query`` as, and the function it calls (pgbouncer(5)'s
@@ -207,8 +208,6 @@ def make_plan(
             advice(driver_of(p), pool_mode="transaction", version=version,
                    max_prepared_statements=mps) for p in s.pools))
         drivers.append(ServiceDrivers(service=s.name, advice=advices, direct=s.fixed))
-    from .drivers import TRANSACTION_MODE_CAVEATS
-
     return InitPlan(
         version=version, sizing=sizing, settings=settings, comments=comments,
         databases=databases, users=tuple(users), admin_user=admin_user, auth=auth,
