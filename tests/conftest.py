@@ -121,6 +121,26 @@ def fault_proxy() -> Iterator[Callable[..., FaultProxy]]:
         p.close()
 
 
+@pytest.fixture
+def make_bouncer() -> Iterator[Callable[..., Any]]:
+    """``make_bouncer(server, **kwargs)``: a real PgBouncer (the system's), closed at the end
+    of the test; skips only where pgbouncer is not installed (``.ci/run`` installs it)."""
+    from pgwarden.embedded_pgbouncer import EmbeddedPgBouncer, pgbouncer_available
+
+    if not pgbouncer_available():
+        pytest.skip("pgbouncer is not installed (apt-get install pgbouncer)")
+    made: list[EmbeddedPgBouncer] = []
+
+    def make(server: EmbeddedPostgres | None = None, **kwargs: Any) -> EmbeddedPgBouncer:
+        bouncer = EmbeddedPgBouncer(server, **kwargs)
+        made.append(bouncer)
+        return bouncer
+
+    yield make
+    for bouncer in made:
+        bouncer.close()
+
+
 # hypothesis: fixed examples in CI (a landing must not depend on luck); random elsewhere
 from hypothesis import settings as _hypothesis_settings  # noqa: E402
 

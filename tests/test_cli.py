@@ -145,3 +145,16 @@ def test_demo_shows_culprits_and_cleans_up() -> None:
     replayed = re.search(r"(\d+) statements killed by the shutdown were run again", out)
     assert replayed is not None and int(replayed.group(1)) >= 1
     assert "the pool served queries again" in out
+    # scale out: refused directly, all served through the PgBouncer pgwarden configures
+    assert "too many clients" in out.split("scale out")[1]
+    assert re.search(r"pgbouncer (\d+) of \1 clients served, 0 refused", out), out[-800:]
+
+
+def test_demo_without_pgbouncer_says_how_to_install_it() -> None:
+    proc = subprocess.run([sys.executable, "-m", "pgwarden", "demo"], capture_output=True,
+                          text=True, timeout=120,
+                          env={"COLUMNS": "200", "PATH": "/usr/bin:/bin",
+                               "PGWARDEN_PGBOUNCER": "/nonexistent/pgbouncer"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "pgbouncer is not installed: apt-get install pgbouncer" in proc.stdout
+    assert "skipping this scene" in proc.stdout

@@ -13,13 +13,17 @@ role ``app``:
 The server fills up and the bot gets ``FATAL: sorry, too many clients already``. The doctor,
 connecting through the superuser reserve, names each culprit with its fix; the guard then frees
 the slots by policy and the bot connects again. Last, the server is restarted under the load of
-a :class:`pgwarden.ConnectionPool`, whose callers see no failed checkout or statement.
+a :class:`pgwarden.ConnectionPool`, whose callers see no failed checkout or statement, and
+60 clients connect at once: directly most are refused (too many clients), through a real
+PgBouncer configured by ``pgwarden pgbouncer init``'s plan all are served (skipped, saying how
+to install it, where pgbouncer is not installed).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections import Counter
@@ -213,7 +217,63 @@ class Demo:
             c.print(f"  ... and {len(holders) - 3} more")
         self.guard()
         self.restart()
+        self.scale_out()
         return 0
+
+    def scale_out(self, clients: int = 60) -> None:
+        """Scale out: ``clients`` clients at once, directly (the server refuses most: too many
+        clients) and through a real PgBouncer that ``pgwarden pgbouncer init``'s plan
+        configures (all served). Skipped, with how to install it, without pgbouncer."""
+        import asyncio
+        import tempfile
+        from pathlib import Path
+
+        from .budget import Budget, Pool, Service, slots_for
+        from .embedded_pgbouncer import EmbeddedPgBouncer, pgbouncer_available
+        from .pgbouncer.ini import auth_file_text
+        from .pgbouncer.plan import make_plan
+        from .pgbouncer.version import installed_version
+
+        c = self.console
+        c.rule(f"[bold]scale out: {clients} clients at once, directly and through PgBouncer")
+        version = installed_version()
+        if not pgbouncer_available() or version is None:
+            c.print("pgbouncer is not installed: apt-get install pgbouncer (Debian/Ubuntu), "
+                    "dnf install pgbouncer, brew install pgbouncer; skipping this scene")
+            return
+        direct = asyncio.run(_wave(self.conninfo("scale-direct"), clients))
+        self.say("direct", f"{direct.ok} of {clients} clients served, {direct.failed} refused"
+                 + (f" ({direct.first_error})" if direct.first_error else ""),
+                 "bold red" if direct.failed else "green")
+        with psycopg.connect(self.pg.url, autocommit=True) as conn:
+            settings = postgres.read_settings(conn)
+            secrets = postgres.role_secrets(conn, ["app"])
+        budget = Budget(services=(Service(name="web", user="app", pools=(
+            Pool("psycopg_pool", {"min_size": 1, "max_size": clients}, "psycopg"),)),))
+        slots = slots_for(budget, max_connections=settings.max_connections,
+                          superuser_reserved_connections=settings.superuser_reserved_connections,
+                          reserved_connections=settings.reserved_connections)
+        with tempfile.TemporaryDirectory(prefix="pgwarden-demo-") as tmp:
+            auth = Path(tmp) / "userlist.txt"
+            auth.write_text(auth_file_text(secrets))
+            os.chmod(auth, 0o600)
+            plan = make_plan(budget, slots, server_host=self.pg.host, server_port=self.pg.port,
+                             default_database="postgres", default_user="app",
+                             version=version, auth_file=str(auth))
+            ini = Path(tmp) / "pgbouncer.ini"
+            ini.write_text(plan.ini())
+            with EmbeddedPgBouncer(include=ini) as bouncer:
+                dsn = bouncer.conninfo(user="app", password=APP_PASSWORD,
+                                       application_name="scale-pooled")
+                pooled = asyncio.run(_wave(dsn, clients))
+                servers = max((p["sv_active"] + p["sv_idle"] + p["sv_used"]
+                               for p in bouncer.admin("SHOW POOLS")
+                               if p["database"] == "postgres"), default=0)
+        s = plan.sizing
+        self.say("pgbouncer", f"{pooled.ok} of {clients} clients served, {pooled.failed} "
+                 f"refused, through PgBouncer {version} (transaction mode, max_client_conn "
+                 f"{s.max_client_conn}, max_db_connections {s.max_db_connections}, "
+                 f"{servers} server connections)", "green" if not pooled.failed else "bold red")
 
     def restart(self) -> None:
         """A fast restart of the server while 4 threads query through a pgwarden pool."""
@@ -322,6 +382,50 @@ class Demo:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _WaveResult:
+    def __init__(self) -> None:
+        self.ok = 0
+        self.failed = 0
+        self.first_error = ""
+
+
+async def _wave(dsn: str, clients: int) -> _WaveResult:
+    """``clients`` connections opened at once, each holding on while the others connect,
+    then running one short transaction."""
+    import asyncio
+
+    result = _WaveResult()
+    opened = asyncio.Event()
+    pending = [clients]
+
+    async def one() -> None:
+        try:
+            conn = await psycopg.AsyncConnection.connect(dsn, prepare_threshold=None,
+                                                         autocommit=True, connect_timeout=10)
+        except psycopg.OperationalError as exc:
+            result.failed += 1
+            result.first_error = result.first_error or server_message(exc)
+            pending[0] -= 1
+            if pending[0] == 0:
+                opened.set()
+            return
+        pending[0] -= 1
+        if pending[0] == 0:
+            opened.set()
+        try:
+            async with conn:
+                await opened.wait()
+                async with conn.transaction():
+                    await conn.execute("select count(*) from orders")
+            result.ok += 1
+        except psycopg.Error as exc:
+            result.failed += 1
+            result.first_error = result.first_error or server_message(exc)
+
+    await asyncio.gather(*(one() for _ in range(clients)))
+    return result
 
 
 class _FirstLine(logging.Handler):

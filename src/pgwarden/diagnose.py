@@ -137,6 +137,191 @@ DIAGNOSES: tuple[Diagnosis, ...] = (
         ),
         source="https://www.postgresql.org/docs/current/runtime-config-connection.html",
     ),
+    # -- PgBouncer's own errors (src/client.c, janitor.c, objects.c of PgBouncer; it sends
+    # them with SQLSTATE 08P01 whatever they mean, so they are known by their message) --
+    Diagnosis(
+        id="pgbouncer_max_client_conn",
+        kind="server_full",
+        title="PgBouncer is full: it refuses new clients past max_client_conn",
+        sqlstates=(),
+        patterns=(
+            r"no more connections allowed \(max_client_conn\)",
+            r"client connections exceeded \(max_(?:db|user)_client_connections\)",
+        ),
+        causes=(
+            "more client connections than max_client_conn (PgBouncer's default: 100): every "
+            "process of every service holds its own pool of client connections to PgBouncer",
+            "clients that connect and never disconnect (leaks, no idle timeout in the pools)",
+        ),
+        fixes=(
+            "raise max_client_conn in pgbouncer.ini to the sum of the services' pools (client "
+            "connections are cheap for PgBouncer; check the open-files limit: PgBouncer needs "
+            "about max_client_conn + server connections file descriptors), then RELOAD",
+            "`pgwarden budget` sizes it from the services' pools (`pgwarden pgbouncer init`)",
+            "see who holds them: `pgwarden status --pgbouncer postgresql://admin@HOST:6432/"
+            "pgbouncer`",
+        ),
+        source="https://www.pgbouncer.org/config.html#max_client_conn",
+    ),
+    Diagnosis(
+        id="pgbouncer_query_wait_timeout",
+        kind="server_full",
+        title="PgBouncer disconnected a client that waited for a server connection longer "
+        "than query_wait_timeout",
+        sqlstates=(),
+        patterns=(r"\bquery_wait_timeout\b",),
+        causes=(
+            "the pool is exhausted: default_pool_size (or max_db_connections / "
+            "max_user_connections) server connections are all busy with other clients' "
+            "transactions, and queries wait in PgBouncer's queue (cl_waiting in SHOW POOLS)",
+            "transactions held open across slow work, so servers are not released",
+            "PostgreSQL cannot take more connections (max_connections reached) or is down",
+        ),
+        fixes=(
+            "look at the pools: `pgwarden doctor --pgbouncer DSN` names the pool with waiting "
+            "clients and its size",
+            "keep transactions short (in transaction mode a server is held for a whole "
+            "transaction); raise default_pool_size within the server's usable slots "
+            "(`pgwarden budget`), or set reserve_pool_size for bursts",
+        ),
+        source="https://www.pgbouncer.org/config.html#query_wait_timeout",
+    ),
+    Diagnosis(
+        id="pgbouncer_server_login_failing",
+        kind="unreachable",
+        title="PgBouncer cannot log in to PostgreSQL and fails clients fast "
+        "(server_login_retry)",
+        sqlstates=(),
+        patterns=(
+            r"server login has been failing",  # PgBouncer 1.17+
+            r"pgbouncer cannot connect to server",  # up to 1.16
+        ),
+        causes=(
+            "PostgreSQL is down, restarting or refusing PgBouncer's connections (too many "
+            "clients already: PgBouncer's pools together exceed max_connections)",
+            "the password PgBouncer uses for the server (auth_file, auth_query, or the "
+            "database entry's password=) is wrong, or pg_hba.conf rejects PgBouncer's address",
+        ),
+        fixes=(
+            "read PgBouncer's log: it names the server's error for each failed login",
+            "keep PgBouncer's server connections within PostgreSQL's usable slots: "
+            "max_db_connections (or the sum of default_pool_size over the pools) below "
+            "max_connections - superuser_reserved_connections (`pgwarden budget`)",
+            "plan restarts with PAUSE / RESUME on the admin console so clients wait instead "
+            "of failing for server_login_retry (15 s)",
+        ),
+        source="https://www.pgbouncer.org/config.html#server_login_retry",
+    ),
+    Diagnosis(
+        id="pgbouncer_prepared_statement",
+        kind="client",
+        title="a prepared statement was not found (or found twice) on the server session: "
+        "the driver prepares statements and a transaction-mode pooler switched sessions",
+        sqlstates=("26000", "42P05"),
+        patterns=(
+            r'prepared statement "[^"]*" does not exist',
+            r'prepared statement "[^"]*" already exists',
+            r"InvalidSQLStatementNameError",
+            r"DuplicatePreparedStatementError",
+        ),
+        causes=(
+            "PgBouncer in transaction (or statement) mode hands each transaction any server "
+            "session; a named prepared statement lives in one session. Before PgBouncer 1.21 "
+            "(or with max_prepared_statements = 0) it does not track them",
+            "psycopg 3 prepares a query after prepare_threshold (5) executions; asyncpg caches "
+            "prepared statements (statement_cache_size 100); SQLAlchemy's asyncpg dialect "
+            "prepares every statement under a numbered name",
+        ),
+        fixes=(
+            "psycopg 3: connect with prepare_threshold=None (psycopg's docs, 'Using prepared "
+            "statements with PgBouncer'; from psycopg 3.2 with PgBouncer 1.22+, "
+            "max_prepared_statements > 0 and libpq 17 prepared statements work)",
+            "asyncpg: statement_cache_size=0 (asyncpg FAQ)",
+            "SQLAlchemy + asyncpg: connect_args={'statement_cache_size': 0, "
+            "'prepared_statement_cache_size': 0, 'prepared_statement_name_func': lambda: "
+            "f'__asyncpg_{uuid4()}__'} (SQLAlchemy's asyncpg dialect docs)",
+            "or run PgBouncer 1.21+ with max_prepared_statements = 200 (the 1.24 default); "
+            "`pgwarden pgbouncer init` prints what each service needs",
+        ),
+        source="https://www.pgbouncer.org/config.html#max_prepared_statements",
+    ),
+    Diagnosis(
+        id="pgbouncer_unsupported_startup_parameter",
+        kind="rejected",
+        title="PgBouncer refused a startup parameter it does not track",
+        sqlstates=(),
+        patterns=(r"unsupported startup parameter",),
+        causes=(
+            "the driver sends a parameter in the startup packet that PgBouncer does not know: "
+            "options (e.g. -c search_path=...), extra_float_digits (JDBC, some ORMs), jit or "
+            "search_path through asyncpg's server_settings",
+        ),
+        fixes=(
+            "add it to ignore_startup_parameters in pgbouncer.ini (e.g. "
+            "ignore_startup_parameters = extra_float_digits,options) and RELOAD, or stop "
+            "sending it and set it per role instead (ALTER ROLE app SET search_path = ...)",
+        ),
+        source="https://www.pgbouncer.org/config.html#ignore_startup_parameters",
+    ),
+    Diagnosis(
+        id="pgbouncer_no_such_database",
+        kind="rejected",
+        title="PgBouncer has no entry for that database",
+        sqlstates=(),
+        patterns=(r"no such database: ",),
+        causes=("the database is not in pgbouncer.ini's [databases] (and there is no '*' "
+                "fallback entry)",),
+        fixes=("add it to [databases] (name = host=... port=... dbname=...) and RELOAD, or "
+               "connect to a database PgBouncer knows",),
+        source="https://www.pgbouncer.org/config.html#section-databases",
+    ),
+    Diagnosis(
+        id="pgbouncer_timeout_disconnect",
+        kind="session_ended",
+        title="PgBouncer closed the connection after one of its timeouts",
+        sqlstates=(),
+        patterns=(
+            r"\bquery_timeout\b",
+            r"\bclient_idle_timeout\b",
+            r"idle transaction timeout",
+        ),
+        causes=(
+            "query_timeout: a query ran longer than PgBouncer allows",
+            "client_idle_timeout: the client sat idle longer than PgBouncer allows",
+            "idle_transaction_timeout: the client stayed idle inside a transaction",
+        ),
+        fixes=(
+            "keep the pools' idle lifetime below client_idle_timeout and validate connections "
+            "on checkout; keep transactions short; use statement_timeout on the server for "
+            "slow queries (query_timeout is a last resort for network problems)",
+        ),
+        source="https://www.pgbouncer.org/config.html#dangerous-timeouts",
+    ),
+    Diagnosis(
+        id="pgbouncer_console",
+        kind="rejected",
+        title="PgBouncer's admin console refused this",
+        sqlstates=(),
+        patterns=(
+            r"invalid command '.*', use SHOW HELP",
+            r"extended query protocol not supported by admin console",
+            r"^(?:FATAL:\s*)?not allowed\.?$",
+            r"admin access needed",
+        ),
+        causes=(
+            "the admin console (database 'pgbouncer') speaks only PgBouncer's commands "
+            "(SHOW ..., RELOAD, PAUSE, ...) over the simple query protocol",
+            "the user is in neither admin_users nor stats_users ('not allowed'), or only in "
+            "stats_users for a command that needs admin_users",
+        ),
+        fixes=(
+            "connect to a real database through PgBouncer for SQL; use the console only for "
+            "its commands (psql -c 'SHOW POOLS' or psycopg with prepare_threshold=None)",
+            "add the user to stats_users (read-only SHOW commands, enough for pgwarden) or "
+            "admin_users in pgbouncer.ini, and RELOAD",
+        ),
+        source="https://www.pgbouncer.org/usage.html#admin-console",
+    ),
     Diagnosis(
         id="pool_exhausted",
         kind="client",
@@ -390,7 +575,8 @@ DIAGNOSES: tuple[Diagnosis, ...] = (
         kind="rejected",
         title="the server rejected the user name or password",
         sqlstates=("28P01",),
-        patterns=(r"password authentication failed", r"InvalidPasswordError"),
+        patterns=(r"password authentication failed", r"InvalidPasswordError",
+                  r"SASL authentication failed"),
         causes=("wrong password, or a password for another role", "the role does not exist"),
         fixes=(
             "check the user and password (PGPASSWORD, ~/.pgpass, the DSN); special characters "
@@ -426,7 +612,7 @@ DIAGNOSES: tuple[Diagnosis, ...] = (
         kind="rejected",
         title="the role does not exist",
         sqlstates=(),
-        patterns=(r'role "[^"]*" does not exist',),
+        patterns=(r'role "[^"]*" does not exist', r"\bno such user\b"),
         causes=("a typo in the user name, or the role was never created on this server",),
         fixes=("check the user in the DSN; CREATE ROLE ... LOGIN on the server",),
     ),

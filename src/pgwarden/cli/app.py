@@ -27,6 +27,8 @@ COMMANDS = {
     "demo": "pgwarden.cli.demo:demo",
     "exporter": "pgwarden.cli.exporter:exporter",
     "top": "pgwarden.cli.top:top",
+    "budget": "pgwarden.cli.budget:budget",
+    "pgbouncer": "pgwarden.cli.pgbouncer:pgbouncer",
 }
 
 

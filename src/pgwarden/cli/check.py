@@ -10,13 +10,16 @@ marks exactly one step ``FAILED`` and the command exits 3.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import statistics
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import click
+import psycopg
 from rich.markup import escape
 
 from ..conninfo import Target, connect
@@ -57,6 +60,11 @@ STEP_OF_DIAGNOSIS = {
     "too_many_clients": "server",
     "too_many_connections_for_role": "server",
     "cannot_connect_now": "server",
+    "pgbouncer_max_client_conn": "server",
+    "pgbouncer_server_login_failing": "server",
+    "pgbouncer_query_wait_timeout": "server",
+    "pgbouncer_no_such_database": "database",
+    "pgbouncer_console": "authentication",
 }
 
 _NO_ANSWER_FIX = (
@@ -124,6 +132,62 @@ def _failed_at(exc: ConnectError) -> list[Step]:
     raise AssertionError(f"step {failed!r} is not a step of check")  # pragma: no cover
 
 
+def _admin_console_steps(conn: Any) -> list[Step]:
+    """The rest of the steps on PgBouncer's admin console (its ``server_version``
+    ParameterStatus is ``<version>/bouncer``; only the console accepts ``SHOW VERSION``)."""
+    from ..sources import pgbouncer as bouncer_source
+
+    conn.prepare_threshold = None
+    version = bouncer_source.read_version(conn)
+    snap = bouncer_source.take(conn)
+    steps = [Step("tls", True, "in use" if conn.pgconn.ssl_in_use else "not in use"),
+             Step("authentication", True, f"as {conn.info.user}"),
+             Step("database", True, "pgbouncer (PgBouncer's admin console)"),
+             Step("server", True, f"{version} admin console, pool_mode {snap.pool_mode}: "
+                  f"{len(snap.clients)} clients, {snap.server_connections} server "
+                  f"connections, {len(snap.pools)} pools")]
+    rtts = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        bouncer_source.read_version(conn)
+        rtts.append((time.perf_counter() - t0) * 1000)
+    steps.append(Step("latency", True, f"SHOW VERSION round trip: median "
+                      f"{statistics.median(rtts):.2f} ms, max {max(rtts):.2f} ms (5 tries)"))
+    return steps
+
+
+def _pooler(conn: Any, target: Target) -> str:
+    """Whether a pooler sits between us and PostgreSQL, and in which pool mode.
+
+    The signal: libpq's backend pid is the one the server named in its BackendKeyData; a
+    pooler answers with its own (PgBouncer: a random cancel key), so it differs from
+    ``pg_backend_pid()`` on the real server. The pool mode: a second connection asks for
+    ``pg_backend_pid()`` while the first is idle; in session mode the first keeps its server
+    session, so they differ; in transaction (or statement) mode the idle first one gave it
+    back and the second gets the same one (PgBouncer reuses the last released server first).
+    """
+    row = conn.execute(b"select pg_backend_pid()", prepare=False).fetchone()
+    real = row[0] if row else None
+    if real == conn.info.backend_pid:
+        return ""
+    conn.prepare_threshold = None
+    mode = "pool mode not determined"
+    with contextlib.suppress(Exception):
+        with psycopg.connect(target.conninfo, autocommit=True, prepare_threshold=None) as other:
+            second = (other.execute(b"select pg_backend_pid()", prepare=False)
+                      .fetchone() or (None,))[0]
+        again = (conn.execute(b"select pg_backend_pid()", prepare=False).fetchone()
+                 or (None,))[0]
+        if second in (real, again):
+            mode = "transaction (or statement) pool mode: two connections shared one server " \
+                   "session; drivers must not rely on session state or prepared statements " \
+                   "(pgwarden pgbouncer init prints the settings)"
+        else:
+            mode = "session pool mode (each connection kept its own server session)"
+    return (f"through a connection pooler such as PgBouncer (libpq's backend pid "
+            f"{conn.info.backend_pid} is not the server's {real}), {mode}")
+
+
 def run_check(target: Target) -> list[Step]:
     """The connectivity self-test; stops at the first failed step. Exactly one step has
     ``ok is False`` when the connection cannot be made.
@@ -144,6 +208,8 @@ def run_check(target: Target) -> list[Step]:
         return steps + _failed_at(exc)
     with conn:
         steps.append(Step("startup", True, f"PostgreSQL protocol {conn.pgconn.protocol_version}"))
+        if (conn.info.parameter_status("server_version") or "").endswith("/bouncer"):
+            return steps + _admin_console_steps(conn)
         pgc = conn.pgconn
         if pgc.ssl_in_use:
             attr = getattr(pgc, "ssl_attribute", lambda _name: b"")
@@ -155,13 +221,15 @@ def run_check(target: Target) -> list[Step]:
                                            "does not ask for it)"))
         steps.append(Step("authentication", True, f"as {conn.info.user}"))
         steps.append(Step("database", True, conn.info.dbname))
+        pooler = _pooler(conn, target)
         snap = postgres.take(conn)
         steps.append(
             Step("server", True,
                  f"PostgreSQL {snap.server.version.split()[0]}, "
                  f"{snap.used_slots}/{snap.usable_slots} usable slots in use by other sessions "
                  f"({snap.usage:.0%})"
-                 + (", in recovery (read-only standby)" if snap.server.in_recovery else ""))
+                 + (", in recovery (read-only standby)" if snap.server.in_recovery else "")
+                 + (f"; {pooler}" if pooler else ""))
         )
         rtts = []
         for _ in range(5):

@@ -13,8 +13,9 @@ __all__ = ["demo"]
 def demo() -> None:
     """Show the failures pgwarden exists for on a throwaway PostgreSQL (about 15 s): a leaking
     worker, an idle transaction holding a lock, a connection-per-request bot filling the
-    server; then the doctor naming each culprit, the guard freeing the slots, and a pgwarden
-    pool riding through a server restart."""
+    server; then the doctor naming each culprit, the guard freeing the slots, a pgwarden
+    pool riding through a server restart, and 60 clients refused directly but all served
+    through a PgBouncer that pgwarden configures (needs pgbouncer installed)."""
     from ..demo import Demo
 
     out = console()

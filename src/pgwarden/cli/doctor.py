@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..doctor.pgbouncer_rules import BouncerThresholds
 from ..doctor.report import render_report
 from ..doctor.rules import Thresholds
 from ..doctor.run import examine
@@ -41,11 +42,23 @@ __all__ = ["doctor"]
 @click.option("--sample", type=click.FloatRange(min=0.0, max=60.0), default=0.0,
               show_default=True, metavar="SECONDS",
               help="Take two snapshots this far apart to measure the rate of new sessions.")
+@click.option("--pgbouncer", "pgbouncer_dsn", default=None, metavar="DSN",
+              help="Also judge this PgBouncer: its admin console (database pgbouncer, a user "
+              "in admin_users or stats_users). Alone (no --dsn), only PgBouncer is judged.")
+@click.option("--pgbouncer-wait-after", type=click.FloatRange(min=0.0, max=1e9), default=1.0,
+              show_default=True, metavar="SECONDS",
+              help="PgBouncer clients waiting this long for a server are a finding.")
+@seconds_option("--pgbouncer-idle-after", 60.0,
+                "Session-mode PgBouncer clients idle longer count as holding a server idly.")
+@click.option("--pgbouncer-idle-clients", type=click.IntRange(min=1), default=5,
+              show_default=True, help="Idle session-mode clients one pool must have.")
 @click.pass_context
 def doctor(ctx: click.Context, dsn: str | None, connect_timeout: float, fmt: str,
            idle_after: float, idle_in_transaction_after: float, long_query_after: float,
            idle_min_sessions: int, saturation_warning: float, saturation_critical: float,
-           churn_rate: float, sample: float) -> None:
+           churn_rate: float, sample: float, pgbouncer_dsn: str | None,
+           pgbouncer_wait_after: float, pgbouncer_idle_after: float,
+           pgbouncer_idle_clients: int) -> None:
     """Findings about who holds the connection slots, most severe first, each with the
     evidence (applications, backend pids, ages) and the fix.
 
@@ -60,10 +73,20 @@ def doctor(ctx: click.Context, dsn: str | None, connect_timeout: float, fmt: str
             saturation_critical=saturation_critical,
             churn_rate=churn_rate,
         ).validate()
+        bouncer_thresholds = BouncerThresholds(
+            wait_after=pgbouncer_wait_after, idle_after=pgbouncer_idle_after,
+            idle_clients=pgbouncer_idle_clients).validate()
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    target = resolve_target(dsn, command="doctor", connect_timeout=connect_timeout)
-    result = examine(target, thresholds=thresholds, sample=sample)
+    bouncer = None
+    if pgbouncer_dsn is not None:
+        bouncer = resolve_target(pgbouncer_dsn, command="doctor",
+                                 connect_timeout=connect_timeout)
+    target = None
+    if dsn is not None or bouncer is None:
+        target = resolve_target(dsn, command="doctor", connect_timeout=connect_timeout)
+    result = examine(target, thresholds=thresholds, sample=sample, pgbouncer=bouncer,
+                     bouncer_thresholds=bouncer_thresholds)
     with report():
         if fmt == "json":
             emit_json(result.as_dict())

@@ -16,10 +16,13 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from ..sources.pgbouncer.join import server_sessions
+from ..sources.pgbouncer.records import BouncerSnapshot
 from ..sources.postgres.records import IDLE, Session, Snapshot
 from .rules import Finding, status_of
 
-__all__ = ["Report", "render_report", "render_status", "server_info", "summary"]
+__all__ = ["Report", "bouncer_summary", "render_bouncer", "render_report", "render_status",
+           "server_info", "summary"]
 
 _STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan", "ok": "green"}
 
@@ -91,6 +94,7 @@ class Report:
     server: dict[str, Any] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
     target: str = ""
+    pgbouncer: dict[str, Any] = field(default_factory=dict)
 
     @property
     def status(self) -> str:
@@ -103,7 +107,57 @@ class Report:
             "server": self.server,
             "summary": self.summary,
             "findings": [f.as_dict() for f in self.findings],
+            **({"pgbouncer": self.pgbouncer} if self.pgbouncer else {}),
         }
+
+
+def bouncer_summary(b: BouncerSnapshot, pg: Snapshot | None = None) -> dict[str, Any]:
+    """PgBouncer for reports: version, pools, and which client holds which server session
+    (``SHOW SERVERS.remote_pid`` = ``pg_stat_activity.pid``)."""
+    return {
+        "version": str(b.version),
+        "pool_mode": b.pool_mode,
+        "clients": len(b.clients),
+        "server_connections": b.server_connections,
+        "snapshot_ms": round(b.duration * 1000, 2),
+        "pools": [{"database": p.database, "user": p.user, "pool_mode": p.pool_mode,
+                   "cl_active": p.cl_active, "cl_waiting": p.cl_waiting,
+                   "sv_active": p.sv_active, "sv_idle": p.sv_idle, "sv_used": p.sv_used,
+                   "sv_login": p.sv_login, "servers": p.servers,
+                   "maxwait_seconds": round(p.maxwait, 3)} for p in b.pools],
+        "server_sessions": [
+            {"backend_pid": s.backend_pid, "database": s.database, "user": s.user,
+             "bouncer_state": s.bouncer_state, "state": s.state,
+             "client_addr": s.client_addr, "client_port": s.client_port,
+             "client_application": s.client_application, "holder": s.holder}
+            for s in server_sessions(b, pg)],
+    }
+
+
+def render_bouncer(console: Console, part: dict[str, Any]) -> None:
+    """The ``pgbouncer`` part of a report as text: pools, then server sessions and holders."""
+    console.print(f"[bold]PgBouncer {escape(part['version'])}[/] (pool_mode "
+                  f"{escape(part['pool_mode'])}): {part['clients']} clients, "
+                  f"{part['server_connections']} server connections")
+    table = Table(show_edge=False, pad_edge=False)
+    for col in ("pool", "mode", "clients active", "waiting", "max wait", "servers active",
+                "idle"):
+        table.add_column(col)
+    for p in part["pools"]:
+        table.add_row(escape(f"{p['database']}/{p['user']}"), escape(p["pool_mode"] or "?"),
+                      str(p["cl_active"]), str(p["cl_waiting"]), f"{p['maxwait_seconds']:g} s",
+                      str(p["sv_active"]), str(p["sv_idle"]))
+    console.print(table)
+    held = [s for s in part["server_sessions"] if s["client_addr"]]
+    if held:
+        t2 = Table(title="server sessions held by clients", title_justify="left",
+                   show_edge=False, pad_edge=False)
+        for col in ("backend pid", "pool", "state (PostgreSQL)", "held by"):
+            t2.add_column(col)
+        for s in held[:20]:
+            t2.add_row(str(s["backend_pid"]), escape(f"{s['database']}/{s['user']}"),
+                       escape(s["state"] or "?"), escape(s["holder"]))
+        console.print(t2)
 
 
 def _usage_line(summ: dict[str, Any]) -> Text:
@@ -184,6 +238,8 @@ def render_report(console: Console, report: Report) -> None:
         head.append("  ")
         head.append_text(_usage_line(report.summary))
     console.print(head)
+    if report.pgbouncer:
+        render_bouncer(console, report.pgbouncer)
     if not report.findings:
         console.print("[green]no findings[/]")
     for f in report.findings:

@@ -4,21 +4,43 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from typing import Any
 
 from ..conninfo import Target, connect
 from ..errors import ServerFullError
+from ..sources import pgbouncer as bouncer_source
 from ..sources import postgres
-from .report import Report, server_info, summary
-from .rules import Sample, Thresholds, evaluate, server_full_finding
+from ..sources.postgres.records import Snapshot
+from .pgbouncer_rules import BouncerThresholds, evaluate_pgbouncer
+from .report import Report, bouncer_summary, server_info, summary
+from .rules import Finding, Sample, Thresholds, evaluate, server_full_finding
 
-__all__ = ["examine"]
+__all__ = ["examine", "examine_pgbouncer"]
 
 #: Seconds between polls for new sessions while sampling.
 _POLL = 0.02
 
 
-def examine(target: Target, *, thresholds: Thresholds | None = None,
-            sample: float = 0.0) -> Report:
+def examine_pgbouncer(target: Target, pg: Snapshot | None = None,
+                      thresholds: BouncerThresholds | None = None
+                      ) -> tuple[list[Finding], dict[str, Any]]:
+    """Look at a PgBouncer admin console (and join its server connections with ``pg``).
+
+    Returns:
+        The PgBouncer findings and the ``pgbouncer`` part of the report.
+
+    Raises:
+        ConnectError: the admin console cannot be reached or refuses the user.
+        psycopg.Error: PgBouncer went away mid-run.
+    """
+    with bouncer_source.connect(target) as conn:
+        snap = bouncer_source.take(conn)
+    return evaluate_pgbouncer(snap, pg, thresholds), bouncer_summary(snap, pg)
+
+
+def examine(target: Target | None, *, thresholds: Thresholds | None = None,
+            sample: float = 0.0, pgbouncer: Target | None = None,
+            bouncer_thresholds: BouncerThresholds | None = None) -> Report:
     """Look at the server behind ``target`` and judge it.
 
     Args:
@@ -31,10 +53,19 @@ def examine(target: Target, *, thresholds: Thresholds | None = None,
         with the ``server_full`` finding (critical) instead of an error.
 
     Raises:
+        pgbouncer: a PgBouncer admin console (database ``pgbouncer``) to judge as well; with
+            ``target`` ``None`` only PgBouncer is judged.
+
         ConnectError: any other connection failure (the doctor cannot judge).
         psycopg.OperationalError: the server went away mid-run (the CLI's error boundary says
             so in one line).
     """
+    if target is None:
+        if pgbouncer is None:
+            raise ValueError("examine needs a PostgreSQL target, a PgBouncer target or both")
+        only, alone = examine_pgbouncer(pgbouncer, None, bouncer_thresholds)
+        return Report(findings=tuple(sorted(only, key=lambda f: -f.rank)),
+                      target=pgbouncer.where, pgbouncer=alone)
     try:
         conn = connect(target)
     except ServerFullError as exc:
@@ -53,9 +84,14 @@ def examine(target: Target, *, thresholds: Thresholds | None = None,
             sampled = Sample(previous, Counter(seen.values()))
         snap = postgres.take(conn)
     findings = evaluate(snap, thresholds, sampled)
+    part: dict[str, Any] = {}
+    if pgbouncer is not None:
+        found, part = examine_pgbouncer(pgbouncer, snap, bouncer_thresholds)
+        findings = sorted([*findings, *found], key=lambda f: -f.rank)
     return Report(
         findings=tuple(findings),
         server=server_info(snap),
         summary=summary(snap),
         target=target.where,
+        pgbouncer=part,
     )

@@ -7,15 +7,24 @@ view are pure functions of it.
 from __future__ import annotations
 
 from .records import Server, Session, Settings, Snapshot
-from .snapshot import new_sessions, read_server, read_settings, take
+from .snapshot import (
+    application_counts,
+    new_sessions,
+    read_server,
+    read_settings,
+    role_secrets,
+    take,
+)
 
 __all__ = [
     "Server",
     "Session",
     "Settings",
     "Snapshot",
+    "application_counts",
     "new_sessions",
     "read_server",
     "read_settings",
+    "role_secrets",
     "take",
 ]

@@ -19,7 +19,7 @@ from .queries import load
 from .queries import query as _q
 from .records import Server, Session, Settings, Snapshot
 
-__all__ = ["SETTING_NAMES", "new_sessions", "take"]
+__all__ = ["SETTING_NAMES", "application_counts", "new_sessions", "role_secrets", "take"]
 
 #: Settings read into :class:`Settings`; those a server lacks keep their defaults.
 SETTING_NAMES = (
@@ -140,3 +140,24 @@ def new_sessions(conn: psycopg.Connection[Any], since: dt.datetime) -> dict[int,
     cur = conn.cursor(row_factory=dict_row)
     rows = cur.execute(_q("get_new_sessions", conn.info.server_version), {"since": since})
     return {r["pid"]: r["application_name"] or "" for r in rows.fetchall()}
+
+
+def application_counts(conn: psycopg.Connection[Any]) -> dict[str, int]:
+    """Client sessions per ``application_name`` now (``""`` for none), pgwarden's own session
+    left out: one cheap query, polled while ``pgwarden budget --sample`` watches for peaks."""
+    cur = conn.cursor(row_factory=dict_row)
+    rows = cur.execute(_q("get_application_counts", conn.info.server_version)).fetchall()
+    return {r["application"]: int(r["sessions"]) for r in rows}
+
+
+def role_secrets(conn: psycopg.Connection[Any], names: list[str]) -> dict[str, str]:
+    """``{role: password verifier}`` (``pg_authid.rolpassword``: SCRAM secrets or md5 hashes)
+    of the login roles in ``names``; never logged or printed.
+
+    Raises:
+        psycopg.errors.InsufficientPrivilege: the role is not a superuser (pg_authid).
+    """
+    cur = conn.cursor(row_factory=dict_row)
+    rows = cur.execute(_q("get_role_secrets", conn.info.server_version),
+                       {"names": names}).fetchall()
+    return {r["name"]: r["secret"] for r in rows}

@@ -1,0 +1,231 @@
+"""``pgwarden pgbouncer init | status``: write a transaction-mode PgBouncer sized from a budget,
+and look at a running one.
+
+``init`` exit codes: 0 written, 3 cannot connect, 64 bad option or files exist (without
+``--force``), 74 cannot write, 78 bad budget file. ``status``: 0, or 3 when the admin console
+cannot be reached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+import psycopg
+from rich.markup import escape
+
+from ..budget import load_budget, slots_for
+from ..conninfo import connect
+from ..errors import ConfigError, PermissionMissing
+from ..pgbouncer.ini import auth_file_text
+from ..pgbouncer.plan import AUTH_USER, InitPlan, auth_query_sql, make_plan, new_password
+from ..pgbouncer.version import Version, installed_version, parse_version
+from ..sources import postgres
+from .options import connect_timeout_option, format_option, resolve_target
+from .output import console, emit_json, report
+
+__all__ = ["pgbouncer"]
+
+#: Assumed when no PgBouncer is installed and none is named: the oldest rules (drivers keep
+#: prepared statements off), which work on every version.
+_FALLBACK_VERSION = Version(1, 18, 0)
+
+
+@click.group()
+def pgbouncer() -> None:
+    """PgBouncer: write a configuration sized from a budget (init), look at a running one
+    (status). docs/pgbouncer.md"""
+
+
+def _write(path: Path, text: str, mode: int) -> None:
+    """Write ``text`` to ``path`` created with ``mode`` (0600 for secrets: never readable by
+    others, not even for a moment)."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(path, mode)
+
+
+def _version(given: str | None) -> tuple[Version, str]:
+    if given:
+        try:
+            return parse_version(given), "--pgbouncer-version"
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--pgbouncer-version") from None
+    found = installed_version()
+    if found is not None:
+        return found, "the installed pgbouncer"
+    return _FALLBACK_VERSION, "assumed (no pgbouncer installed; give --pgbouncer-version)"
+
+
+@pgbouncer.command()
+@click.argument("budget_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--dsn", required=True, metavar="DSN",
+              help="The PostgreSQL server PgBouncer will sit in front of (its slots, and with "
+              "a superuser, the users' SCRAM secrets for the auth file).")
+@connect_timeout_option
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("."), show_default=True, help="Directory to write the files in.")
+@click.option("--auth", type=click.Choice(["file", "query"]), default="file",
+              show_default=True, help="file: an auth file with each user's SCRAM secret; "
+              "query: auth_user + auth_query, with the SQL that creates its function.")
+@click.option("--pgbouncer-version", metavar="X.Y.Z", default=None,
+              help="The PgBouncer version to write for (default: the installed one).")
+@click.option("--listen-addr", default="127.0.0.1", show_default=True)
+@click.option("--listen-port", type=click.IntRange(1, 65535), default=6432, show_default=True)
+@click.option("--admin-user", default="pgbouncer_admin", show_default=True,
+              help="The user of PgBouncer's admin console (admin_users, stats_users).")
+@click.option("--force", is_flag=True, help="Replace files that exist.")
+@format_option
+def init(budget_file: Path, dsn: str, connect_timeout: float, out_dir: Path, auth: str,
+         pgbouncer_version: str | None, listen_addr: str, listen_port: int, admin_user: str,
+         force: bool, fmt: str) -> None:
+    """Write pgbouncer.ini (transaction mode, sized from BUDGET_FILE against the server's
+    slots) and userlist.txt (0600), or with --auth query also auth_query.sql (0600); print
+    what each service's driver needs behind this PgBouncer. No password is ever printed."""
+    plan_budget = load_budget(budget_file)
+    version, version_from = _version(pgbouncer_version)
+    target = resolve_target(dsn, command="pgbouncer-init", connect_timeout=connect_timeout)
+    with connect(target) as conn:
+        settings = postgres.read_settings(conn)
+        slots = slots_for(plan_budget, max_connections=settings.max_connections,
+                          superuser_reserved_connections=settings.superuser_reserved_connections,
+                          reserved_connections=settings.reserved_connections, source="server")
+        out_dir = out_dir.resolve()
+        plan = make_plan(plan_budget, slots, server_host=target.host or "127.0.0.1",
+                         server_port=target.port, default_database=target.dbname,
+                         default_user=target.user, version=version, auth=auth,
+                         auth_file=str(out_dir / "userlist.txt"), listen_addr=listen_addr,
+                         listen_port=listen_port, admin_user=admin_user)
+        secrets: dict[str, str] = {}
+        if auth == "file":
+            try:
+                secrets = postgres.role_secrets(conn, list(plan.users))
+            except psycopg.errors.InsufficientPrivilege:
+                secrets = {}
+            missing = [u for u in plan.users if u not in secrets]
+            own = _dsn_password(target.conninfo)
+            if missing == [target.user] and own:
+                secrets[target.user] = own
+                missing = []
+            if missing:
+                raise PermissionMissing(
+                    f"cannot read the password verifiers of {', '.join(missing)} (pg_authid "
+                    "needs a superuser): run init with a superuser's --dsn, or --auth query")
+    files = {"pgbouncer.ini": out_dir / "pgbouncer.ini", "userlist.txt": out_dir / "userlist.txt"}
+    if auth == "query":
+        files["auth_query.sql"] = out_dir / "auth_query.sql"
+    existing = [str(p) for p in files.values() if p.exists()]
+    if existing and not force:
+        raise ConfigError(f"{', '.join(existing)} exist; give --force to replace them")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    entries = dict(secrets)
+    if auth == "query":
+        auth_password = new_password()
+        entries = {AUTH_USER: auth_password}
+        _write(files["auth_query.sql"], auth_query_sql(auth_password), 0o600)
+    entries[admin_user] = new_password()
+    _write(files["userlist.txt"], auth_file_text(entries), 0o600)
+    _write(files["pgbouncer.ini"], plan.ini(), 0o644)
+    with report():
+        if fmt == "json":
+            emit_json(_as_dict(plan, files, version_from, target.where))
+        else:
+            _render(plan, files, version_from, target.where, listen_addr, listen_port)
+
+
+def _dsn_password(conninfo: str) -> str | None:
+    from psycopg.conninfo import conninfo_to_dict
+
+    value = conninfo_to_dict(conninfo).get("password")
+    return str(value) if value else None
+
+
+def _as_dict(plan: InitPlan, files: dict[str, Path], version_from: str, where: str
+             ) -> dict[str, Any]:
+    s = plan.sizing
+    return {
+        "files": {name: str(path) for name, path in files.items()},
+        "pgbouncer_version": str(plan.version),
+        "version_from": version_from,
+        "server": where,
+        "auth": plan.auth,
+        "settings": {k: v for k, v in plan.settings.items()},
+        "databases": {k: dict(v) for k, v in plan.databases.items()},
+        "sizing": {"server_slots": s.server_slots, "max_db_connections": s.max_db_connections,
+                   "default_pool_size": s.default_pool_size,
+                   "reserve_pool_size": s.reserve_pool_size,
+                   "max_client_conn": s.max_client_conn,
+                   "client_connections": s.client_connections},
+        "services": [
+            {"service": d.service, "direct": d.direct,
+             "drivers": [{"driver": a.driver, "settings": {x.name: x.value for x in a.settings},
+                          "where": sorted({x.where for x in a.settings}),
+                          "notes": list(a.notes), "prepared_statements": a.prepared_statements,
+                          "source": a.source} for a in d.advice]}
+            for d in plan.drivers],
+        "transaction_mode_caveats": list(plan.caveats),
+    }
+
+
+def _render(plan: InitPlan, files: dict[str, Path], version_from: str, where: str,
+            listen_addr: str, listen_port: int) -> None:
+    out = console()
+    s = plan.sizing
+    out.print(f"[bold]wrote[/] {escape(str(files['pgbouncer.ini']))} for PgBouncer "
+              f"{plan.version} ({escape(version_from)}), transaction mode, in front of "
+              f"{escape(where)}")
+    if plan.auth == "file":
+        out.print(f"[bold]wrote[/] {escape(str(files['userlist.txt']))} (mode 0600): the SCRAM "
+                  f"secrets of {escape(', '.join(plan.users))} and a new password for "
+                  f"{escape(plan.admin_user)} (read it there; it is never printed)")
+    else:
+        out.print(f"[bold]wrote[/] {escape(str(files['auth_query.sql']))} (mode 0600): run it "
+                  "as a superuser in every database PgBouncer serves; "
+                  f"{escape(str(files['userlist.txt']))} (0600) holds {AUTH_USER}'s and "
+                  f"{escape(plan.admin_user)}'s new passwords")
+    out.print(f"server connections: default_pool_size {s.default_pool_size} + "
+              f"reserve_pool_size {s.reserve_pool_size}, max_db_connections "
+              f"{s.max_db_connections} ({s.server_slots} server slots after the headroom and "
+              f"the direct consumers); client connections: max_client_conn {s.max_client_conn} "
+              f"(the services' pools: {s.client_connections})")
+    out.print(f"start it: pgbouncer {escape(str(files['pgbouncer.ini']))}  (as a non-root "
+              f"user); point the services at {listen_addr}:{listen_port}")
+    out.print("[bold]what each service's driver needs behind it:[/]")
+    for d in plan.drivers:
+        if d.direct:
+            out.print(f"  {escape(d.service)}: connect to PostgreSQL directly (fixed consumer)")
+            continue
+        for a in d.advice:
+            where_ = "; ".join(sorted({x.where for x in a.settings}))
+            line = f"  {escape(d.service)} ({a.driver}): {escape(a.snippet())}"
+            if where_:
+                line += f"  [dim]in {escape(where_)}[/]"
+            out.print(line)
+            for note in a.notes:
+                out.print(f"      [dim]{escape(note)}[/]")
+    out.print("[bold]transaction mode:[/] session state does not outlive a transaction:")
+    for c in plan.caveats:
+        out.print(f"  - {escape(c)}")
+
+
+@pgbouncer.command("status")
+@click.option("--pgbouncer", "pgbouncer_dsn", required=True, metavar="DSN",
+              help="The admin console: postgresql://USER@HOST:6432/pgbouncer.")
+@click.option("--dsn", default=None, metavar="DSN",
+              help="The PostgreSQL behind it, to name the session state of each server "
+              "connection (SHOW SERVERS.remote_pid = pg_stat_activity.pid).")
+@connect_timeout_option
+@format_option
+def status_command(pgbouncer_dsn: str, dsn: str | None, connect_timeout: float,
+                   fmt: str) -> None:
+    """PgBouncer's pools, and which client holds which server session (same as `pgwarden
+    status --pgbouncer DSN`)."""
+    from .status import run_status
+
+    run_status(dsn, pgbouncer_dsn, connect_timeout, fmt)

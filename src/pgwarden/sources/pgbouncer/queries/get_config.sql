@@ -1,0 +1,2 @@
+-- get_config: every setting (key, value, default, changeable).
+SHOW CONFIG
