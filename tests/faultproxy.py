@@ -119,6 +119,8 @@ class FaultProxy:
             pairs, self._pairs = list(self._pairs), []
             self._changed.notify_all()
         with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() blocked on it
+        with contextlib.suppress(OSError):
             self.listener.close()
         for client, upstream in pairs:
             with contextlib.suppress(OSError):

@@ -1,0 +1,136 @@
+"""The tracker on its own: events in, holders / leaks / stats out (no server needed: it does no
+I/O). Its use by the pools and the integrations is tested with real servers elsewhere."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+
+import pytest
+
+from pgwarden.observe import Sizes, TrackedConnection, Tracker, capture_stack, trackers
+
+LOGGER = "pgwarden.pool"
+
+
+class Handle:
+    """Stands for what an application holds (a proxy connection object)."""
+
+
+def take(tracker: Tracker, rec: TrackedConnection, handle: object | None = None) -> None:
+    tracker.checkout(rec, threading.current_thread(), capture_stack(2), time.monotonic(),
+                     handle=handle)
+
+
+def borrow_for_a_job(tracker: Tracker, rec: TrackedConnection) -> None:
+    take(tracker, rec)
+
+
+def test_holders_name_the_code_thread_and_backend_pid() -> None:
+    t = Tracker("t-holders", library="test", leak_threshold=30.0,
+                state_of=lambda rec: "idle in transaction")
+    rec = t.connected(TrackedConnection(pid=4711), 0.003)
+    borrow_for_a_job(t, rec)
+    [h] = t.holders()
+    assert (h.pool, h.pid, h.library, h.transaction_state) == ("t-holders", 4711, "test",
+                                                               "idle in transaction")
+    assert h.file.endswith("test_tracker.py") and h.function == "borrow_for_a_job"
+    assert h.holder == threading.current_thread().name
+    assert h.describe().startswith("backend pid 4711 held ")
+    assert "in borrow_for_a_job (idle in transaction)" in h.describe()
+    d = h.as_dict()
+    assert d["function"] == "borrow_for_a_job" and d["pid"] == 4711
+    t.checkin(rec, time.monotonic())
+    assert t.holders() == []
+
+
+def test_a_finished_threads_name_is_kept() -> None:
+    t = Tracker("t-thread", register=False)
+    rec = t.connected(TrackedConnection(pid=1), 0.0)
+    worker = threading.Thread(target=take, args=(t, rec), name="worker-7")
+    worker.start()
+    worker.join()
+    assert t.holders()[0].holder == "worker-7"
+
+
+def test_leak_reported_once_then_unleaked(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    t = Tracker("t-leak", leak_threshold=0.01, register=False)
+    rec = t.connected(TrackedConnection(pid=42), 0.0)
+    borrow_for_a_job(t, rec)
+    time.sleep(0.03)
+    found = t.leak_scan()
+    assert [h.pid for h in found] == [42]
+    assert t.leak_scan() == []  # once
+    t.report_leaks(found)
+    assert "connection leak? backend pid 42" in caplog.text and "borrow_for_a_job" in caplog.text
+    assert t.stats().leaks_current == 1
+    t.checkin(rec, time.monotonic())
+    assert "unleaked" in caplog.text
+    s = t.stats()
+    assert (s.leaks_total, s.leaks_returned_total, s.leaks_current) == (1, 1, 0)
+
+
+def test_a_dropped_handle_is_reported_with_its_checkout_stack(
+        caplog: pytest.LogCaptureFixture) -> None:
+    t = Tracker("t-gc", register=False)
+    rec = t.connected(TrackedConnection(pid=7), 0.0)
+    handle = Handle()
+    take(t, rec, handle)
+    del handle
+    gc.collect()
+    assert "garbage-collected without being returned" in caplog.text
+    assert "test_a_dropped_handle_is_reported" in caplog.text
+    assert t.stats().collected_total == 1 and not rec.out
+    # a handle dropped after its connection came back is nothing to report
+    handle2 = Handle()
+    take(t, rec, handle2)
+    t.checkin(rec, time.monotonic())
+    del handle2
+    gc.collect()
+    assert t.stats().collected_total == 1
+
+
+def test_stats_and_explain() -> None:
+    t = Tracker("t-stats", library="lib", register=False,
+                sizes=lambda: Sizes(open=2, idle=0, in_use=2, min_size=0, max_size=2))
+    a = t.connected(TrackedConnection(pid=1), 0.002)
+    b = t.connected(TrackedConnection(pid=2), 0.004)
+    take(t, a)
+    take(t, b)
+    t.waited(0.2)
+    t.requests_waiting = 3
+    t.timed_out(1.0)
+    t.connect_failed()
+    s = t.stats()
+    assert (s.connections, s.in_use, s.max_size, s.requests_waiting) == (2, 2, 2, 3)
+    assert (s.requests_total, s.requests_waited_total, s.timeouts_total, s.errors_total) == (
+        2, 1, 1, 1)
+    assert (s.connections_opened_total, s.connection_errors_total) == (2, 1)
+    assert s.connect_seconds.count == 2 and s.connect_seconds.sum == pytest.approx(0.006)
+    # one served at once, one after 0.2 s, one gave up after 1 s
+    buckets = dict(s.wait_buckets())
+    assert buckets[0.0001] == 1 and buckets[0.25] == 2 and buckets[float("inf")] == 3
+    text = t.explain()
+    assert text.startswith("pool 't-stats' (lib): 2/2 in use, 0 idle, 3 waiting; longest holders:")
+    assert text.count("backend pid") == 2
+    assert s.as_dict()["wait_seconds"]["count"] == 3
+    t.closed(a)
+    assert t.stats().connections_closed_total == 1
+
+
+def test_registry_lists_live_trackers_only() -> None:
+    t = Tracker("t-registry-unique")
+    assert t in trackers()
+    del t
+    gc.collect()
+    assert all(x.name != "t-registry-unique" for x in trackers())
+
+
+def test_leak_threshold_is_validated() -> None:
+    with pytest.raises(ValueError, match="leak_threshold"):
+        Tracker("bad", leak_threshold=-1, register=False)
+    with pytest.raises(ValueError):
+        Tracker("bad", leak_threshold="soon", register=False)  # type: ignore[arg-type]
