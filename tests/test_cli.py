@@ -134,7 +134,7 @@ def test_demo_shows_culprits_and_cleans_up() -> None:
     for app in ("worker", "report-job", "bot"):
         assert app in out
     # the worker's pgwarden pool names its leaks with the code location
-    assert "connection leak? pid" in out
+    assert "connection leak? backend pid" in out
     assert "demo.py" in out and "in sync_order" in out
     # the guard frees the leaked and idle-in-transaction sessions and the bot is served again
     assert "terminated 11 sessions" in out

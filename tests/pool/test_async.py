@@ -1,10 +1,9 @@
-"""AsyncConnectionPool on real clusters: what a caller notices."""
+"""What only the asyncio pool has: cancellation at every await, task names as holders, the
+event loop rules (the shared behaviours are in test_behaviour.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import gc
-import logging
 import random
 import time
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from pgwarden.errors import PoolClosed, PoolTimeout, TooManyRequests
+from pgwarden.errors import PoolTimeout
 from pgwarden.pool import AsyncConnectionPool, PoolCheckoutTimeout
 
 LOGGER = "pgwarden.pool"
@@ -32,46 +31,6 @@ async def backend_pid(conn: psycopg.AsyncConnection[Any]) -> int:
     row = await cur.fetchone()
     assert row is not None
     return int(row[0])
-
-
-async def test_api_and_stats(pg: Any) -> None:
-    async with AsyncConnectionPool(pg.dsn, min_size=2, max_size=3, name="aapi") as pool:
-        await pool.wait(10)
-        async with pool.connection() as conn:
-            cur = await conn.execute("select 1")
-            assert await cur.fetchone() == (1,)
-        conn = await pool.getconn()
-        await pool.putconn(conn)
-        st = pool.get_stats()
-        assert st["requests_num"] == 2 and st["pool_size"] >= 2
-        assert pool.pop_stats()["requests_num"] == 2
-    assert pool.closed
-    with pytest.raises(PoolClosed):
-        await pool.getconn()
-
-
-@pytest.mark.slow
-async def test_killed_idle_and_restart_without_errors(make_cluster: Any) -> None:
-    cluster = make_cluster(max_connections=20)
-    async with AsyncConnectionPool(cluster.dsn, min_size=3, name="arestart") as pool:
-        await pool.wait(10)
-        async with pool.connection() as conn:
-            old = await backend_pid(conn)
-        cluster.execute("select pg_terminate_backend(%s)", (old,))
-        await asyncio.sleep(0.1)
-        async with pool.connection() as conn:
-            assert await backend_pid(conn) != old
-        await asyncio.get_running_loop().run_in_executor(None, cluster.restart)
-
-        async def one() -> int:
-            async with pool.connection(timeout=10) as conn:
-                pid = await backend_pid(conn)
-                await asyncio.sleep(0.02)
-                return pid
-
-        pids = await asyncio.gather(*(one() for _ in range(6)))
-        assert old not in pids
-        assert pool.get_stats()["requests_errors"] == 0
 
 
 @pytest.mark.slow
@@ -150,61 +109,6 @@ async def test_transaction_rolls_back_on_cancellation(pg: Any) -> None:
         assert pool.get_stats()["pool_available"] == 1
 
 
-async def test_leak_warning_with_task_name_and_unleaked(pg: Any, caplog: Any) -> None:
-    caplog.set_level(logging.INFO, logger=LOGGER)
-    async with AsyncConnectionPool(pg.dsn, min_size=1, name="aleak", leak_threshold=0.2) as pool:
-
-        async def leaky_handler() -> Any:
-            return await pool.getconn()
-
-        conn = await asyncio.create_task(leaky_handler(), name="handler-7")
-        assert await wait_until(lambda: pool.get_stats()["leaks_detected"] == 1, 5)
-        assert await wait_until(
-            lambda: any("leak?" in r.getMessage() for r in caplog.records), 5)
-        text = next(r.getMessage() for r in caplog.records if "leak?" in r.getMessage())
-        assert "handler-7" in text and "leaky_handler" in text and "test_async.py" in text
-        await pool.putconn(conn)
-        assert any("unleaked" in r.getMessage() for r in caplog.records)
-
-
-async def test_gc_reclaim_and_timeout_message(pg: Any, caplog: Any) -> None:
-    caplog.set_level(logging.WARNING, logger=LOGGER)
-    async with AsyncConnectionPool(pg.dsn, min_size=1, max_size=1, name="agc") as pool:
-
-        async def forget() -> None:
-            await pool.getconn()
-
-        await forget()
-        gc.collect()
-        async with pool.connection(timeout=5):
-            pass
-        assert pool.get_stats()["connections_reclaimed"] == 1
-        assert any("garbage-collected" in r.getMessage() and "forget" in r.getMessage()
-                   for r in caplog.records)
-
-        async def holder_fn() -> Any:
-            return await pool.getconn()
-
-        conn = await holder_fn()
-        with pytest.raises(PoolTimeout) as info:
-            await pool.getconn(timeout=0.2)
-        assert "is exhausted (1/1 in use" in str(info.value)
-        assert "holder_fn" in str(info.value)
-        await pool.putconn(conn)
-
-
-async def test_max_waiting(pg: Any) -> None:
-    async with AsyncConnectionPool(pg.dsn, min_size=1, max_size=1, max_waiting=1,
-                                   name="amw") as pool:
-        conn = await pool.getconn()
-        w = asyncio.create_task(pool.getconn(timeout=5))
-        await asyncio.sleep(0.05)
-        with pytest.raises(TooManyRequests):
-            await pool.getconn(timeout=5)
-        await pool.putconn(conn)
-        await pool.putconn(await w)
-
-
 @pytest.mark.slow
 async def test_async_stress(pg: Any) -> None:
     max_size = 5
@@ -255,3 +159,24 @@ async def test_async_stress(pg: Any) -> None:
         assert len({c.info.backend_pid for c in conns}) == max_size
         for c in conns:
             await pool.putconn(c)
+
+
+async def test_holder_is_the_task_name(pg: Any) -> None:
+    async with AsyncConnectionPool(pg.dsn, min_size=1, name="atask") as pool:
+
+        async def handler() -> Any:
+            return await pool.getconn()
+
+        conn = await asyncio.create_task(handler(), name="handler-7")
+        [holder] = pool.holders()
+        assert holder.holder == "handler-7" and holder.function == "handler"
+        await pool.putconn(conn)
+
+
+def test_open_true_outside_a_running_loop_raises_as_psycopg_pool() -> None:
+    with pytest.raises(RuntimeError, match="running event loop"):
+        AsyncConnectionPool("", open=True)
+    # open=None (the default) and open=False wait for the loop instead
+    pool = AsyncConnectionPool("")
+    assert not pool.closed
+    AsyncConnectionPool("", open=False)

@@ -1,10 +1,11 @@
-"""The I/O-free core shared by the sync and the asyncio pool.
+"""The I/O-free core of pgwarden's pools.
 
 Every rule is written here once: configuration and its validation, connection defaults, the
-validation window, generations, the reconnect cadence, leak detection, reset-on-return rules,
-stats and the text of the timeout error. The shells (:mod:`.sync`, :mod:`.aio`) only wait, lock
-and do I/O. Core methods that change state must be called with the shell's lock held (the sync
-pool) or from the event loop thread (the asyncio pool).
+validation window, generations, the reconnect cadence, growing, reset-on-return rules, the
+read-only COMMIT rule, stats and the text of the timeout error. Holders, leaks, counters and
+timings live in the pool's :class:`~pgwarden.observe.Tracker`. The pool itself
+(``_async/pool.py``, and ``_sync/pool.py`` generated from it) only waits, locks and does I/O;
+it calls the methods that change state with its lock held.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import os
 import random
 import select
 import sys
-import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Generator
@@ -28,7 +28,8 @@ from psycopg.conninfo import conninfo_to_dict
 from ..conninfo import check_values, redact
 from ..diagnose import classify
 from ..errors import ConfigError, PoolTimeout
-from .holders import Holder, RawStack, format_location, holder_name, summarize
+from ..observe import Holder, RawStack, Sizes, TrackedConnection, Tracker
+from ..observe.holders import format_location, holder_name
 
 logger = logging.getLogger("pgwarden.pool")
 
@@ -43,8 +44,6 @@ DEFAULT_VALIDATION_WINDOW = 2.0
 #: Seconds a validation round trip may take before the connection is declared dead
 #: (HikariCP's ``validationTimeout`` default is 5 s).
 DEFAULT_VALIDATION_TIMEOUT = 5.0
-#: Seconds a checkout may be held before it is reported as a leak.
-DEFAULT_LEAK_THRESHOLD = 60.0
 
 #: Reconnect cadence while callers wait and the server refuses: uniform jitter in this range
 #: between the starts of two attempts, one attempt in flight at a time -> at most 100 attempts/s
@@ -136,12 +135,13 @@ def static_defaults(config: Config) -> dict[str, str] | None:
         return {}
     if callable(config.conninfo) or callable(config.kwargs):
         return None
-    return connection_defaults(config.conninfo, config.kwargs)
+    return connection_defaults(config.conninfo, config.kwargs or {})
 
 
-def connect_params(conninfo: str, kwargs: dict[str, Any], defaults: dict[str, str] | None,
-                   config: Config) -> dict[str, Any]:
+def connect_params(conninfo: str, kwargs: dict[str, Any] | None,
+                   defaults: dict[str, str] | None, config: Config) -> dict[str, Any]:
     """Keyword arguments for ``connect()``: ``kwargs`` plus the defaults they lack."""
+    kwargs = kwargs or {}
     kw = dict(kwargs)
     if defaults is None:
         defaults = connection_defaults(conninfo, kwargs) if config.connection_defaults else {}
@@ -230,7 +230,7 @@ class Config:
     """Validated pool settings (see :class:`pgwarden.pool.ConnectionPool` for each)."""
 
     conninfo: Any  # str, or a callable returning one (psycopg_pool 3.3)
-    kwargs: Any  # dict, or a callable returning one
+    kwargs: Any  # dict, None, or a callable returning a dict
     min_size: int
     max_size: int
     name: str
@@ -297,7 +297,7 @@ def make_config(
         name = f"pool-{_num_pool}"
     return Config(
         conninfo=conninfo,
-        kwargs=kwargs if callable(kwargs) else dict(kwargs or {}),
+        kwargs=kwargs if callable(kwargs) or kwargs is None else dict(kwargs),
         min_size=min_size,
         max_size=max_size,
         name=name,
@@ -315,111 +315,62 @@ def make_config(
 
 
 class ConnRef(weakref.ref):  # type: ignore[type-arg]
-    """Weak reference to a checked-out connection that knows its slot (for GC reclaim)."""
+    """Weak reference to a connection of the pool that knows its slot (for GC reclaim)."""
 
     __slots__ = ("slot",)
     slot: Slot
 
 
-class Slot:
-    """One connection the pool owns. ``conn`` is a strong reference only while idle."""
+class Slot(TrackedConnection):
+    """One connection the pool owns: the tracker's record plus the pool's own state.
+    ``conn`` is a strong reference only while idle (a checked-out connection the application
+    drops is garbage-collected, and reclaimed through :attr:`ref`)."""
 
-    __slots__ = (
-        "__weakref__", "conn", "created_at", "dead", "expire_at", "gen", "holder", "last_used",
-        "leak_reported", "out", "out_at", "pid", "poller", "ref", "stack",
-    )
+    __slots__ = ("conn", "dead", "expire_at", "gen", "last_used", "poller", "ref")
 
     def __init__(self, conn: Any, gen: int, now: float, expire_at: float) -> None:
+        super().__init__(conn.pgconn.backend_pid, None, now)
         self.conn: Any = conn
         self.ref: ConnRef | None = None
-        self.pid: int = conn.pgconn.backend_pid
         # one poll object per connection: the per-checkout "did the server say something?"
         # check is then a single syscall
         self.poller = select.poll()
         self.poller.register(conn.pgconn.socket, select.POLLIN)
         self.gen = gen
-        self.created_at = now
         self.expire_at = expire_at
         self.last_used = now
-        self.out_at = 0.0
-        self.holder: str | int = ""  # task name, or thread ident (named when reported)
-        self.stack: RawStack = ()
-        self.leak_reported = False
-        self.out = False
         self.dead = False
 
 
+def _slot_state(slot: TrackedConnection) -> str:
+    ref = slot.ref if isinstance(slot, Slot) else None
+    conn = ref() if ref is not None else None
+    return tx_state(conn) if conn is not None else "broken"
+
+
 class Stats:
-    """Counters (psycopg_pool's names, plus pgwarden's); see docs/pool.md for the table."""
+    """The pool's own counters (the tracker keeps the holders', the requests' and the
+    connections'); :meth:`Core.get_stats` merges both under psycopg_pool's key names."""
 
     __slots__ = (
-        "connections_errors",
-        "connections_lost",
-        "connections_ms",
-        "connections_num",
-        "connections_reclaimed",
-        "generations_invalidated",
-        "leaks_detected",
-        "leaks_unleaked",
-        "requests_errors",
-        "requests_num",
-        "requests_queued",
-        "requests_wait_ms",
-        "returns_bad",
-        "returns_rolled_back",
-        "statements_replayed",
-        "usage_ms",
-        "validations_failed",
-        "validations_num",
-    )
-
-    KEYS = (
-        "requests_num",
-        "requests_queued",
-        "requests_wait_ms",
-        "requests_errors",
-        "returns_bad",
-        "connections_num",
-        "connections_ms",
-        "connections_errors",
-        "connections_lost",
-        "usage_ms",
-        "leaks_detected",
-        "leaks_unleaked",
-        "connections_reclaimed",
-        "returns_rolled_back",
-        "validations_num",
-        "validations_failed",
-        "generations_invalidated",
-        "statements_replayed",
+        "commits_read_only", "connections_lost", "generations_invalidated", "returns_bad",
+        "returns_rolled_back", "statements_replayed", "validations_failed", "validations_num",
     )
 
     def __init__(self) -> None:
-        self.requests_num = 0
-        self.requests_queued = 0
-        self.requests_wait_ms: float = 0
-        self.requests_errors = 0
-        self.returns_bad = 0
-        self.connections_num = 0
-        self.connections_ms: float = 0
-        self.connections_errors = 0
+        self.commits_read_only = 0
         self.connections_lost = 0
-        self.usage_ms: float = 0
-        self.leaks_detected = 0
-        self.leaks_unleaked = 0
-        self.connections_reclaimed = 0
-        self.returns_rolled_back = 0
-        self.validations_num = 0
-        self.validations_failed = 0
         self.generations_invalidated = 0
+        self.returns_bad = 0
+        self.returns_rolled_back = 0
         self.statements_replayed = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return {k: int(getattr(self, k)) for k in self.KEYS}
+        self.validations_failed = 0
+        self.validations_num = 0
 
 
 class Core:
-    """Pool state and every decision about it (no I/O, no waiting)."""
+    """Pool state and every decision about it (no I/O, no waiting). Methods that change
+    state are called with the pool's lock held."""
 
     def __init__(self, config: Config, pool: Any) -> None:
         self.config = config
@@ -433,12 +384,14 @@ class Core:
         self.drain_gen = 0
         self.stats = Stats()
         self.gc_queue: deque[Slot] = deque()
+        self.tracker = Tracker(config.name, library="pgwarden",
+                               leak_threshold=config.leak_threshold, sizes=self.sizes,
+                               state_of=_slot_state)
         # reconnect state
         self.failures = 0
         self.first_failure_at = 0.0
         self.last_attempt_at = 0.0
         self.last_error: str | None = None
-        self.last_error_at = 0.0
         #: what the failing attempts mean (pgwarden.diagnose.KINDS), None while connecting works
         self.failure_kind: str | None = None
         self.reconnect_failed_called = False
@@ -449,7 +402,11 @@ class Core:
         """The last attempts failed for lack of a slot on the server."""
         return self.failure_kind == "server_full"
 
-    # -- sizes ----------------------------------------------------------------------
+    def sizes(self) -> Sizes:
+        cfg = self.config
+        idle = len(self.idle)
+        return Sizes(open=self.size, idle=idle, in_use=self.size - idle, min_size=cfg.min_size,
+                     max_size=cfg.max_size)
 
     def target(self) -> str:
         c = self.config.conninfo
@@ -460,19 +417,33 @@ class Core:
         does not expire at once."""
         return now + self.config.max_lifetime * (1.0 - random.uniform(0, self.lifetime_jitter))
 
+    # -- growing ----------------------------------------------------------------------------
+
+    def _wanted(self) -> int:
+        """Connections wanted now: up to ``min_size``, plus one more while callers wait (the
+        pool grows one connection at a time, as psycopg_pool, so a burst of short requests is
+        served by the connections coming back, not by opening ``max_size``)."""
+        return max(self.config.min_size - self.size, 1 if self.waiters else 0)
+
     def to_start(self, now: float) -> int:
-        """How many connection attempts to start now (they must be started by the shell and
-        ``connecting`` is already incremented)."""
+        """How many connection attempts to start now (``connecting`` is incremented; the
+        shell must start them)."""
         cfg = self.config
-        want = max(len(self.waiters), cfg.min_size - self.size) - self.connecting
+        want = self._wanted() - self.connecting
         if want <= 0:
             return 0
         room = cfg.max_size - self.size - self.connecting
         # while the server refuses: one attempt in flight per pool
-        slots = (1 if self.failures else cfg.num_workers) - self.connecting
-        n = max(0, min(want, room, slots))
+        in_flight = (1 if self.failures else cfg.num_workers) - self.connecting
+        n = max(0, min(want, room, in_flight))
         self.connecting += n
         return n
+
+    def still_wanted(self) -> bool:
+        """Whether a connection attempt that is about to start (or retry) is still needed."""
+        if self.failures and not self.waiters and self.reconnect_failed_called:
+            return False  # gave up on min_size maintenance; callers will ask again
+        return self._wanted() > 0 and self.size < self.config.max_size
 
     def retry_delay(self, now: float) -> float:
         """Seconds to wait before the next connection attempt (0 when healthy). The cadence
@@ -494,25 +465,24 @@ class Core:
             d *= random.uniform(0.75, 1.25)
         return max(0.0, self.last_attempt_at + d - now)
 
-    def still_wanted(self) -> bool:
-        """Whether a connection attempt that is about to start (or retry) is still needed."""
-        cfg = self.config
-        want = max(len(self.waiters), cfg.min_size - self.size)
-        if self.failures and not self.waiters and self.reconnect_failed_called:
-            return False  # gave up on min_size maintenance; callers will ask again
-        return want > 0 and self.size < cfg.max_size
-
     def connect_started(self, now: float) -> None:
         self.last_attempt_at = now
 
+    def caller_waits(self, now: float) -> None:
+        """A caller started waiting. After ``reconnect_failed`` gave up, its attempts start a
+        new round: failing for another ``reconnect_timeout`` calls ``reconnect_failed`` again
+        (psycopg_pool behaves so since psycopg issue #370)."""
+        if self.reconnect_failed_called:
+            self.reconnect_failed_called = False
+            self.first_failure_at = now
+
     def connect_failed(self, exc: BaseException, now: float) -> bool:
         """Record a failed attempt; return True when ``reconnect_failed`` should be called."""
-        self.stats.connections_errors += 1
+        self.tracker.connect_failed()
         if not self.failures:
             self.first_failure_at = now
         self.failures += 1
         self.last_error = _first_line(exc)
-        self.last_error_at = now
         kind = classify(exc, connecting=True).kind
         if kind != self.failure_kind:
             self.failure_kind = kind
@@ -545,17 +515,16 @@ class Core:
         self.failures = 0
         self.failure_kind = None
         self.reconnect_failed_called = False
-        self.stats.connections_num += 1
-        self.stats.connections_ms += elapsed * 1000.0
         self.size += 1
         slot = Slot(conn, self.gen, now, self.expire_at(now))
         self.slots.add(slot)
+        self.tracker.connected(slot, elapsed)
         ref = ConnRef(conn, on_collected)
         ref.slot = slot
         slot.ref = ref
         return slot
 
-    # -- checkout ---------------------------------------------------------------------
+    # -- checkout -------------------------------------------------------------------------
 
     def needs_probe(self, slot: Slot, now: float) -> bool:
         """Whether a checkout must validate with a round trip (idle past the window, or older
@@ -567,6 +536,18 @@ class Core:
         self.stats.validations_failed += 1
         self.stats.connections_lost += 1
         self.disconnect_detected(slot, why)
+
+    def stale_at_checkout(self, slot: Slot, why: str) -> None:
+        """A connection taken from the idle list failed validation: it is dropped and the
+        caller's request goes on (its checkout of the dead one does not count)."""
+        self.validation_failed(slot, why)
+        self.tracker.requests_total -= 1
+
+    def on_collected(self, ref: ConnRef) -> None:
+        """Weakref callback: the application dropped a connection (any thread, inside the
+        garbage collector: no locks, only a deque append). Reclaimed by
+        :meth:`reclaim_collected`."""
+        self.gc_queue.append(ref.slot)
 
     def disconnect_detected(self, slot: Slot | None, why: str) -> None:
         """First sign of a disconnect: the whole older generation of idle connections must be
@@ -593,26 +574,47 @@ class Core:
         return self.to_start(now)
 
     def replayed(self) -> None:
+        """A statement ran again on a new session; the checkout that fetched the session was
+        the pool's own, not the application's."""
         self.stats.statements_replayed += 1
-        self.stats.requests_num -= 1  # the wait for a new session is not a new request
+        self.tracker.requests_total -= 1
 
-    def take_out(self, slot: Slot, now: float, holder: str | int, stack: RawStack) -> None:
-        slot.out = True
-        slot.out_at = now
-        slot.holder = holder
-        slot.stack = stack
-        slot.leak_reported = False
+    def take_out(self, slot: Slot, now: float, holder: Any, stack: RawStack) -> None:
+        self.tracker.checkout(slot, holder, stack, now)
         slot.conn = None
 
-    def returned(self, slot: Slot, now: float) -> bool:
-        """Bookkeeping of a return; True if it had been reported as a leak."""
-        slot.out = False
+    def add(self, slot: Slot, conn: Any, now: float) -> None:
+        """A ready connection: to the oldest waiter, else to the idle list."""
+        if self.waiters:
+            w = self.waiters.popleft()
+            self.tracker.requests_waiting -= 1
+            self.take_out(slot, now, w.holder, w.stack)
+            self.tracker.waited(now - w.since)
+            w.give(slot, conn)
+        else:
+            slot.conn = conn
+            self.idle.append(slot)
+
+    def enqueue(self, waiter: Any, now: float) -> int:
+        """``waiter`` waits for a connection; returns the connection attempts to start."""
+        self.waiters.append(waiter)
+        self.tracker.requests_waiting += 1
+        self.caller_waits(now)
+        return self.to_start(now)
+
+    def withdraw(self, waiter: Any) -> bool:
+        """``waiter`` stops waiting (timeout, cancellation); False if it was served already."""
+        try:
+            self.waiters.remove(waiter)
+        except ValueError:
+            return False
+        self.tracker.requests_waiting -= 1
+        return True
+
+    def returned(self, slot: Slot, now: float) -> None:
+        """Bookkeeping of a return (the tracker logs "unleaked" for a reported leak)."""
         slot.last_used = now
-        self.stats.usage_ms += (now - slot.out_at) * 1000.0
-        if slot.leak_reported:
-            self.stats.leaks_unleaked += 1
-            return True
-        return False
+        self.tracker.checkin(slot, now)
 
     def discard(self, slot: Slot) -> None:
         """A connection leaves the pool (closed by the shell)."""
@@ -621,12 +623,13 @@ class Core:
         slot.dead = True
         self.size -= 1
         self.slots.discard(slot)
+        self.tracker.closed(slot)
 
     def reusable(self, slot: Slot, now: float) -> bool:
         return (slot.gen >= self.drain_gen and slot.expire_at > now
                 and self.size <= self.config.max_size)
 
-    # -- maintenance ----------------------------------------------------------------
+    # -- maintenance ----------------------------------------------------------------------
 
     def expired_idle(self, now: float) -> list[Slot]:
         """Idle connections past max_lifetime, or idle past max_idle above min_size."""
@@ -647,26 +650,15 @@ class Core:
             self.discard(slot)
         return out
 
-    def leak_scan(self, now: float) -> list[Slot]:
-        thr = self.config.leak_threshold
-        if thr is None:
-            return []
-        found = []
-        for slot in list(self.slots):
-            if slot.out and not slot.leak_reported and now - slot.out_at > thr:
-                slot.leak_reported = True
-                self.stats.leaks_detected += 1
-                found.append(slot)
-        return found
-
     def reclaim_collected(self) -> list[Slot]:
+        """Checked-out connections the application dropped: reported by the tracker, their
+        slots freed."""
         found = []
         while self.gc_queue:
             slot = self.gc_queue.popleft()
             if slot.out and not slot.dead:
-                slot.out = False
+                self.tracker.collected(slot)
                 self.discard(slot)
-                self.stats.connections_reclaimed += 1
                 found.append(slot)
         return found
 
@@ -705,57 +697,53 @@ class Core:
             f"{self.size} of min_size={self.config.min_size} connections open{detail}"
         )
 
-    def pop_stats(self) -> dict[str, int]:
-        """``get_stats()``, then reset the counters (psycopg_pool's ``pop_stats``)."""
-        rv = self.get_stats()
-        self.stats = Stats()
-        return rv
-
-    # -- reporting ------------------------------------------------------------------
-
-    def holder_of(self, slot: Slot, now: float, wall: float) -> Holder | None:
-        ref = slot.ref
-        conn = ref() if ref is not None else None
-        if not slot.out:
-            return None
-        return Holder(
-            pool=self.config.name,
-            pid=slot.pid,
-            holder=holder_name(slot.holder),
-            started_at=wall - (now - slot.out_at),
-            held_for=now - slot.out_at,
-            transaction_state=tx_state(conn) if conn is not None else "broken",
-            location=format_location(slot.stack),
-            stack=summarize(slot.stack),
-            leaked=slot.leak_reported,
-        )
+    # -- reporting -------------------------------------------------------------------------
 
     def holders(self) -> list[Holder]:
-        now, wall = time.monotonic(), time.time()
-        out = [h for s in list(self.slots) if (h := self.holder_of(s, now, wall)) is not None]
-        out.sort(key=lambda h: h.held_for, reverse=True)
-        return out
+        return self.tracker.holders()
 
-    def measures(self) -> dict[str, int]:
+    def get_stats(self) -> dict[str, int]:
+        """psycopg_pool's keys (same meaning) plus pgwarden's; see docs/pool.md."""
         cfg = self.config
+        t = self.tracker
+        s = t.stats()
+        st = self.stats
         return {
             "pool_min": cfg.min_size,
             "pool_max": cfg.max_size,
             "pool_size": self.size + self.connecting,
             "pool_available": len(self.idle),
             "requests_waiting": len(self.waiters),
+            "requests_num": s.requests_total + s.errors_total,
+            "requests_queued": s.requests_waited_total + s.timeouts_total,
+            "requests_wait_ms": int(s.wait_seconds.sum * 1000),
+            "requests_errors": s.errors_total,
+            "returns_bad": st.returns_bad,
+            "connections_num": s.connections_opened_total + s.connection_errors_total,
+            "connections_ms": int(s.connect_seconds.sum * 1000),
+            "connections_errors": s.connection_errors_total,
+            "connections_lost": st.connections_lost,
+            "usage_ms": int(s.use_seconds.sum * 1000),
+            "leaks_detected": s.leaks_total,
+            "leaks_unleaked": s.leaks_returned_total,
+            "connections_reclaimed": s.collected_total,
+            "returns_rolled_back": st.returns_rolled_back,
+            "validations_num": st.validations_num,
+            "validations_failed": st.validations_failed,
+            "generations_invalidated": st.generations_invalidated,
+            "statements_replayed": st.statements_replayed,
+            "commits_read_only": st.commits_read_only,
+            "holders_num": s.in_use,
+            "holders_max_held_ms": int(s.holders_max_held_seconds * 1000),
+            "leaks_current": s.leaks_current,
+            "generation": self.gen,
         }
 
-    def get_stats(self) -> dict[str, int]:
-        now = time.monotonic()
-        outs = [s for s in self.slots if s.out]
-        held = [now - s.out_at for s in outs]
-        rv = self.measures()
-        rv.update(self.stats.as_dict())
-        rv["holders_num"] = len(outs)
-        rv["holders_max_held_ms"] = int(max(held, default=0.0) * 1000)
-        rv["leaks_current"] = sum(1 for s in outs if s.leak_reported)
-        rv["generation"] = self.gen
+    def pop_stats(self) -> dict[str, int]:
+        """``get_stats()``, then reset the counters (psycopg_pool's ``pop_stats``)."""
+        rv = self.get_stats()
+        self.stats = Stats()
+        self.tracker.reset()
         return rv
 
     def timeout_error(self, timeout: float, now: float, waiter_since: float) -> PoolCheckoutTimeout:
@@ -763,7 +751,7 @@ class Core:
         cfg = self.config
         holders = self.holders()
         oldest = max((now - w.since for w in self.waiters), default=now - waiter_since)
-        in_use = sum(1 for s in self.slots if s.out)
+        in_use = self.size - len(self.idle)
         waiting = len(self.waiters) + 1
         counts = (f"{in_use}/{cfg.max_size} in use, {len(self.idle)} idle, {waiting} waiting, "
                   f"oldest wait {oldest:.1f} s")
@@ -814,9 +802,9 @@ class Core:
         )
 
 
-
 class PoolProperties:
-    """Configuration read-outs and ``repr`` shared by the sync and asyncio pools (one place)."""
+    """Configuration read-outs and ``repr`` shared by the sync and asyncio pools (psycopg_pool's
+    attribute names)."""
 
     _config: Config
     _core: Core
@@ -847,6 +835,22 @@ class PoolProperties:
         return self._config.max_waiting
 
     @property
+    def max_lifetime(self) -> float:
+        return self._config.max_lifetime
+
+    @property
+    def max_idle(self) -> float:
+        return self._config.max_idle
+
+    @property
+    def reconnect_timeout(self) -> float:
+        return self._config.reconnect_timeout
+
+    @property
+    def num_workers(self) -> int:
+        return self._config.num_workers
+
+    @property
     def conninfo(self) -> Any:
         return self._config.conninfo
 
@@ -858,11 +862,17 @@ class PoolProperties:
     def leak_threshold(self) -> float | None:
         return self._config.leak_threshold
 
+    @property
+    def tracker(self) -> Tracker:
+        """The pool's :class:`~pgwarden.observe.Tracker` (holders, leaks, counters, timings)."""
+        return self._core.tracker
+
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         core = self._core
         return (f"<{type(self).__module__}.{type(self).__qualname__} {self.name!r} ({state}) "
                 f"size={core.size} idle={len(core.idle)} in_use={core.size - len(core.idle)}>")
+
 
 class PoolCheckoutTimeout(PoolTimeout):
     """:class:`~pgwarden.errors.PoolTimeout` with the numbers that explain it.
@@ -945,18 +955,6 @@ def probe(pgconn: Any) -> Generator[int, None, None]:
         raise ProbeFailed("no answer to the validation query")
 
 
-def readable_now(fd: int) -> bool:
-    """Whether the socket has data or EOF pending (the server sent something, e.g. a FATAL
-    'terminating connection', while the connection sat idle). One poll syscall."""
-    try:
-        r, _, _ = select.select([fd], [], [], 0)
-    except (OSError, ValueError):
-        p = select.poll()
-        p.register(fd, select.POLLIN)
-        return bool(p.poll(0))
-    return bool(r)
-
-
 def return_verdict(conn: Any, status: int) -> str | None:
     """Reset-on-return rule for a connection not idle: ``"rollback"`` when it is inside a
     transaction (rolled back with a warning naming the holder, as psycopg_pool does), else the
@@ -1001,46 +999,32 @@ def end_of_block(status: int, closed: bool, failed: bool) -> str | None:
     return None
 
 
-def report_leaks(pool_name: str, core: Core, slots: list[Slot], now: float) -> None:
-    """Log the leak warning (with the holder's stack) for slots :meth:`Core.leak_scan` found."""
-    wall = time.time()
-    for slot in slots:
-        h = core.holder_of(slot, now, wall)
-        if h is not None:
-            log_leak(pool_name, h)
-
-def log_leak(pool_name: str, h: Holder) -> None:
-    logger.warning(
-        "pool %r: connection leak? pid %d checked out %.1f s ago by %s at %s (%s) and not "
-        "returned. Checkout stack (most recent call last):\n%s",
-        pool_name, h.pid, h.held_for, h.holder, h.location, h.transaction_state,
-        h.format_stack())
-
-
-def log_unleaked(pool_name: str, slot: Slot, now: float) -> None:
-    logger.info("pool %r: previously reported leak returned (unleaked): pid %d held %.1f s "
-                "by %s at %s", pool_name, slot.pid, now - slot.out_at, holder_name(slot.holder),
-                format_location(slot.stack))
-
-
-def log_reclaimed(pool_name: str, slot: Slot) -> None:
-    logger.warning(
-        "pool %r: connection pid %d was garbage-collected without being returned "
-        "(checked out by %s at %s); reclaimed its slot. Checkout stack (most recent "
-        "call last):\n%s", pool_name, slot.pid, holder_name(slot.holder),
-        format_location(slot.stack), "".join(summarize(slot.stack).format()))
-
 
 def maintenance_tick(leak_threshold: float | None) -> float:
     """Seconds between maintenance passes: a quarter of the leak threshold, 50 ms to 1 s."""
     return 1.0 if leak_threshold is None else max(0.05, min(1.0, leak_threshold / 4))
 
 
-def call_reconnect_failed(cb: Callable[[Any], Any] | None, pool: Any) -> None:
+def log_gave_up(pool_name: str) -> None:
     logger.warning("pool %r: could not connect for reconnect_timeout; giving up until a "
-                   "caller asks for a connection", pool.name)
-    if cb is not None:
-        try:
-            cb(pool)
-        except Exception:
-            logger.exception("pool %r: reconnect_failed callback raised", pool.name)
+                   "caller asks for a connection", pool_name)
+
+
+def read_only_transaction(conn: Any) -> bool:
+    """Whether the transaction open on ``conn`` is one the server enforces as read-only: psycopg
+    began it ``READ ONLY`` (``conn.read_only``), or the server reported
+    ``default_transaction_read_only=on`` or ``in_hot_standby=on`` (ParameterStatus, PostgreSQL
+    14+). Such a transaction wrote nothing, so a COMMIT the server never ran lost nothing.
+    Not seen: a ``SET TRANSACTION READ WRITE`` run inside the transaction, which overrides
+    ``default_transaction_read_only`` (not ``in_hot_standby``: a standby never writes)."""
+    if getattr(conn, "read_only", None):
+        return True
+    status = conn.info.parameter_status
+    return bool(status("in_hot_standby") == "on"
+                or status("default_transaction_read_only") == "on")
+
+
+def commit_lost_nothing(exc: BaseException, conn: Any) -> bool:
+    """Whether a COMMIT that failed with ``exc`` may be treated as done: the server ended the
+    session (so it rolled the transaction back) and the transaction was read-only."""
+    return ended_by_server(exc, conn) and read_only_transaction(conn)

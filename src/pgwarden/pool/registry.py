@@ -11,7 +11,7 @@ from typing import Any
 
 from ..conninfo import resolve
 from ..errors import ConfigError
-from .sync import ConnectionPool
+from ._sync.pool import ConnectionPool
 
 __all__ = ["ENV_MAX_SIZE", "ENV_MIN_SIZE", "ENV_TIMEOUT", "close_all", "get_pool"]
 
