@@ -178,7 +178,7 @@ async def test_restart_with_all_connections_stale(
 
 
 @pytest.mark.slow
-async def test_server_down_longer_than_timeout_says_unreachable_and_gives_up_in_rounds(
+async def test_server_down_longer_than_timeout_says_unreachable_and_retries_in_rounds(
         kind: str, make_cluster: Callable[..., EmbeddedPostgres]) -> None:
     cluster = make_cluster(max_connections=20)
     gave_up: list[Any] = []
@@ -198,13 +198,13 @@ async def test_server_down_longer_than_timeout_says_unreachable_and_gives_up_in_
         assert "cannot reach the server" in msg and cluster.password not in msg
         # attempts were bounded: one in flight, at most 100/s while callers wait
         assert p.stats()["connections_errors"] <= 120
-        assert gave_up == [p.pool]  # called once per reconnect_timeout of failures...
-        with pytest.raises(PoolTimeout):
-            await p.getconn(1.0)
-        # ...and again when a caller's new round of attempts fails as long (psycopg #370)
-        assert gave_up == [p.pool, p.pool]
+        # psycopg_pool's documented default: reconnect_failed is called after each
+        # reconnect_timeout of failures, and a new round of attempts starts (psycopg #370)
+        assert gave_up and all(x is p.pool for x in gave_up)
+        before = len(gave_up)
+        assert await eventually(lambda: len(gave_up) > before, 5.0)
         await asyncio.to_thread(cluster.start)
-        async with p.connection(10.0) as conn:
+        async with p.connection(10.0) as conn:  # it came back by itself
             assert await p.execute(conn, "select 1") == [(1,)]
 
 
@@ -480,3 +480,35 @@ async def test_a_blackholed_idle_connection_is_detected_at_checkout(
         proxy.set_mode("pass")
         async with p.connection(10.0) as conn:
             assert await p.execute(conn, "select 1") == [(1,)]
+
+
+async def test_a_returned_connection_kept_by_the_application_does_not_hold_the_pool(
+        kind: str, pg: EmbeddedPostgres) -> None:
+    """psycopg_pool's rule: a connection points at its pool only while checked out."""
+    async with make_pool(kind, pg.dsn, min_size=1, name="ref") as p:
+        conn = await p.getconn()
+        assert conn._pool is p.pool
+        await p.putconn(conn)
+        assert conn._pool is None
+        with pytest.raises(ValueError, match="doesn't come from any pool"):
+            await p.putconn(conn)  # returned twice: as psycopg_pool
+
+
+async def test_requests_queued_counts_callers_as_they_start_waiting(
+        kind: str, pg: EmbeddedPostgres) -> None:
+    async with make_pool(kind, pg.dsn, min_size=1, max_size=1, name="queued") as p:
+        conn = await p.getconn()
+        waiting = asyncio.create_task(p.getconn(5.0))
+        assert await eventually(lambda: p.stats()["requests_queued"] == 1)
+        await p.putconn(conn)
+        await p.putconn(await waiting)
+
+
+async def test_a_pool_never_opened_says_so(kind: str, pg: EmbeddedPostgres) -> None:
+    p = make_pool(kind, pg.dsn)
+    with pytest.raises(PoolClosed, match="is not open yet"):
+        await p.getconn()
+    await p.open()
+    await p.close()
+    with pytest.raises(PoolClosed, match="is already closed"):
+        await p.getconn()

@@ -8,6 +8,7 @@ event                  call
 =====================  ==========================================================================
 connection opened      :meth:`Tracker.connected` (with the seconds it took)
 connection failed      :meth:`Tracker.connect_failed`
+caller starts waiting  :meth:`Tracker.queued`
 checkout               :meth:`Tracker.checkout` (who, where: a cheap stack), after
                        :meth:`Tracker.waited` when the caller had to wait
 checkin (return)       :meth:`Tracker.checkin`
@@ -52,6 +53,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger("pgwarden.pool")
+
+_bisect_left = bisect.bisect_left
 
 #: Seconds a checkout may be held before it is reported as a leak (HikariCP's
 #: ``leakDetectionThreshold`` is off by default; 60 s is long for a web request and short enough
@@ -169,6 +172,7 @@ class PoolStats:
     past the leak threshold now), ``holders_max_held_seconds``.
 
     Counters (since the tracker started): ``requests_total`` (checkouts served),
+    ``requests_queued_total`` (requests that had to wait: counted when they start waiting),
     ``requests_waited_total`` (served after waiting), ``timeouts_total`` (checkouts that gave
     up), ``errors_total`` (failed checkouts: timeouts included), ``connections_opened_total``,
     ``connection_errors_total`` (failed connection attempts), ``connections_closed_total``,
@@ -193,6 +197,7 @@ class PoolStats:
     leaks_current: int
     holders_max_held_seconds: float
     requests_total: int
+    requests_queued_total: int
     requests_waited_total: int
     timeouts_total: int
     errors_total: int
@@ -282,6 +287,7 @@ class Tracker:
     def reset(self) -> None:
         """Zero the counters and timings (psycopg_pool's ``pop_stats``)."""
         self.requests_total = 0
+        self.requests_queued = 0
         self.requests_waited = 0
         self.timeouts = 0
         self.errors = 0
@@ -337,6 +343,12 @@ class Tracker:
 
         return gone
 
+    def queued(self) -> None:
+        """A caller starts waiting for a connection (:attr:`requests_waiting` goes up by one;
+        the adapter brings it down when the caller is served, gives up or is cancelled)."""
+        self.requests_queued += 1
+        self.requests_waiting += 1
+
     def waited(self, seconds: float) -> None:
         """The checkout just recorded had to wait ``seconds`` for a connection."""
         self.requests_waited += 1
@@ -349,7 +361,10 @@ class Tracker:
             return
         rec.out = False
         rec.handle = None
-        self.use.observe(now - rec.out_at)
+        held = now - rec.out_at
+        use = self.use  # Histogram.observe, inlined (every return comes here)
+        use.counts[_bisect_left(use.bounds, held)] += 1
+        use.sum += held
         if rec.leak_reported:
             self.leaks_returned += 1
             logger.info("pool %r: previously reported leak returned (unleaked): backend pid %d "
@@ -503,6 +518,7 @@ class Tracker:
             leaks_current=sum(1 for r in outs if r.leak_reported),
             holders_max_held_seconds=max((now - r.out_at for r in outs), default=0.0),
             requests_total=self.requests_total,
+            requests_queued_total=self.requests_queued,
             requests_waited_total=self.requests_waited,
             timeouts_total=self.timeouts,
             errors_total=self.errors,

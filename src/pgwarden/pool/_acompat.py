@@ -261,9 +261,8 @@ def can_start() -> bool:
     return True
 
 
-def current_holder() -> Any:
-    """Who is checking out: the current thread (its name is read when reported, and kept)."""
-    return threading.current_thread()
+#: Who is checking out: the current thread (its name is read when reported, and kept).
+current_holder = threading.current_thread
 
 
 def maybe(value: Any) -> Any:

@@ -50,8 +50,9 @@ DEFAULT_VALIDATION_TIMEOUT = 5.0
 #: per pool, 40/s on average (psycopg_pool: 1 s doubling; HikariCP: 250 ms fixed).
 FAST_RETRY_MIN = 0.010
 FAST_RETRY_MAX = 0.040
-#: Reconnect cadence with nobody waiting: exponential from 0.5 s, doubling, capped at 10 s,
-#: jittered +-25%.
+#: Reconnect cadence with nobody waiting: half the outage's length so far, from 0.5 s to 10 s,
+#: jittered +-25% (so it grows about as an exponential backoff does, whatever the number of
+#: attempts the fast cadence made while callers waited).
 SLOW_RETRY_BASE = 0.5
 SLOW_RETRY_MAX = 10.0
 #: After "too many clients" (SQLSTATE 53300, or PostgreSQL's "remaining connection slots are
@@ -394,7 +395,6 @@ class Core:
         self.last_error: str | None = None
         #: what the failing attempts mean (pgwarden.diagnose.KINDS), None while connecting works
         self.failure_kind: str | None = None
-        self.reconnect_failed_called = False
         self.lifetime_jitter = 0.1
 
     @property
@@ -441,8 +441,6 @@ class Core:
 
     def still_wanted(self) -> bool:
         """Whether a connection attempt that is about to start (or retry) is still needed."""
-        if self.failures and not self.waiters and self.reconnect_failed_called:
-            return False  # gave up on min_size maintenance; callers will ask again
         return self._wanted() > 0 and self.size < self.config.max_size
 
     def retry_delay(self, now: float) -> float:
@@ -461,20 +459,14 @@ class Core:
         elif self.waiters:
             d = random.uniform(FAST_RETRY_MIN, FAST_RETRY_MAX)
         else:
-            d = min(SLOW_RETRY_MAX, SLOW_RETRY_BASE * 2 ** min(self.failures - 1, 10))
+            # nobody waits: back off with the outage's length (half of it so far), not with the
+            # number of attempts, which the fast cadence inflated while callers waited
+            d = min(SLOW_RETRY_MAX, max(SLOW_RETRY_BASE, (now - self.first_failure_at) / 2))
             d *= random.uniform(0.75, 1.25)
         return max(0.0, self.last_attempt_at + d - now)
 
     def connect_started(self, now: float) -> None:
         self.last_attempt_at = now
-
-    def caller_waits(self, now: float) -> None:
-        """A caller started waiting. After ``reconnect_failed`` gave up, its attempts start a
-        new round: failing for another ``reconnect_timeout`` calls ``reconnect_failed`` again
-        (psycopg_pool behaves so since psycopg issue #370)."""
-        if self.reconnect_failed_called:
-            self.reconnect_failed_called = False
-            self.first_failure_at = now
 
     def connect_failed(self, exc: BaseException, now: float) -> bool:
         """Record a failed attempt; return True when ``reconnect_failed`` should be called."""
@@ -499,11 +491,10 @@ class Core:
             else:
                 logger.warning("pool %r: connection attempt failed (%s to %s); retrying",
                                name, self.last_error, self.target())
-        if (
-            not self.reconnect_failed_called
-            and now - self.first_failure_at >= self.config.reconnect_timeout
-        ):
-            self.reconnect_failed_called = True
+        if now - self.first_failure_at >= self.config.reconnect_timeout:
+            # psycopg_pool's documented default: reconnect_failed is told, and a new round of
+            # attempts starts (backoff from the start), so the pool comes back by itself
+            self.failures = 0
             return True
         return False
 
@@ -514,7 +505,6 @@ class Core:
                         self.config.name, self.failures, now - self.first_failure_at)
         self.failures = 0
         self.failure_kind = None
-        self.reconnect_failed_called = False
         self.size += 1
         slot = Slot(conn, self.gen, now, self.expire_at(now))
         self.slots.add(slot)
@@ -598,8 +588,7 @@ class Core:
     def enqueue(self, waiter: Any, now: float) -> int:
         """``waiter`` waits for a connection; returns the connection attempts to start."""
         self.waiters.append(waiter)
-        self.tracker.requests_waiting += 1
-        self.caller_waits(now)
+        self.tracker.queued()
         return self.to_start(now)
 
     def withdraw(self, waiter: Any) -> bool:
@@ -715,7 +704,7 @@ class Core:
             "pool_available": len(self.idle),
             "requests_waiting": len(self.waiters),
             "requests_num": s.requests_total + s.errors_total,
-            "requests_queued": s.requests_waited_total + s.timeouts_total,
+            "requests_queued": s.requests_queued_total,
             "requests_wait_ms": int(s.wait_seconds.sum * 1000),
             "requests_errors": s.errors_total,
             "returns_bad": st.returns_bad,
@@ -1006,8 +995,8 @@ def maintenance_tick(leak_threshold: float | None) -> float:
 
 
 def log_gave_up(pool_name: str) -> None:
-    logger.warning("pool %r: could not connect for reconnect_timeout; giving up until a "
-                   "caller asks for a connection", pool_name)
+    logger.warning("pool %r: could not connect for reconnect_timeout; calling reconnect_failed "
+                   "and starting a new round of attempts", pool_name)
 
 
 def read_only_transaction(conn: Any) -> bool:

@@ -434,6 +434,7 @@ class AsyncConnectionPool(_core.PoolProperties, Generic[ACT]):
         else:
             stack = ()
         holder = acurrent_holder()
+        tracker = core.tracker
         now = _monotonic()
         if timeout is None:
             timeout = cfg.timeout
@@ -442,15 +443,17 @@ class AsyncConnectionPool(_core.PoolProperties, Generic[ACT]):
             w = None
             with self._lock:
                 if self._closed:
-                    core.tracker.failed()
-                    raise PoolClosed(f"the pool {self.name!r} is not open")
+                    tracker.failed()
+                    raise PoolClosed(f"the pool {self.name!r} is "
+                                     + ("already closed" if self._opened else "not open yet"))
                 if core.idle:
                     slot = core.idle.pop()
-                    conn = cast(ACT, slot.conn)
-                    core.take_out(slot, now, holder, stack)
+                    conn: ACT = slot.conn
+                    slot.conn = None  # Core.take_out, inlined (hot path)
+                    tracker.checkout(slot, holder, stack, now)
                 else:
                     if cfg.max_waiting and len(core.waiters) >= cfg.max_waiting:
-                        core.tracker.failed()
+                        tracker.failed()
                         raise TooManyRequests(
                             f"the pool {self.name!r} already has {len(core.waiters)} requests "
                             f"waiting (max_waiting={cfg.max_waiting})")
@@ -472,14 +475,16 @@ class AsyncConnectionPool(_core.PoolProperties, Generic[ACT]):
                 and self._check is None
             ):
                 conn._pgw_fresh = True  # type: ignore[attr-defined]
+                conn._pool = self  # type: ignore[assignment]
                 return conn
             if await self._ready(slot, conn, now):
                 conn._pgw_fresh = True  # type: ignore[attr-defined]
+                conn._pool = self  # type: ignore[assignment]
                 return conn
             now = _monotonic()
             if now >= deadline:
                 with self._lock:
-                    core.tracker.timed_out(timeout)
+                    tracker.timed_out(timeout)
                     err = core.timeout_error(timeout, now, now)
                 raise err
 
@@ -574,14 +579,13 @@ class AsyncConnectionPool(_core.PoolProperties, Generic[ACT]):
             slot: Slot | None = conn._pgw_slot  # type: ignore[attr-defined]
         except AttributeError:
             slot = None
-        if slot is None or cast(Any, conn._pool) is not self:
+        if slot is None or conn._pool is not self:  # type: ignore[comparison-overlap]
             raise _core.foreign_connection(self, conn)
+        # (psycopg_pool's rule: a connection references its pool only while checked out, so a
+        # returned connection the application keeps does not keep the pool alive)
+        conn._pool = None
         if self._epoch != fork_epoch[0]:
             self._after_fork()
-            return
-        if not slot.out:
-            logger.warning("pool %r: connection pid %d returned twice; ignored", self.name,
-                           slot.pid)
             return
         conn._pgw_fresh = False  # type: ignore[attr-defined]
         bad: str | None = None
@@ -600,6 +604,21 @@ class AsyncConnectionPool(_core.PoolProperties, Generic[ACT]):
             # cancelled or interrupted while resetting: the state is unknown, replace it
             await self._give_back(slot, conn, "interrupted while being reset")
             raise
+        if bad is None:
+            # the common return, inlined (hot path): Core.returned, .reusable and .add
+            core = self._core
+            now = _monotonic()
+            with self._lock:
+                core.tracker.checkin(slot, now)
+                slot.last_used = now
+                if (not self._closed and slot.gen >= core.drain_gen and slot.expire_at > now
+                        and core.size <= self._config.max_size):
+                    if core.waiters:
+                        core.add(slot, conn, now)
+                    else:
+                        slot.conn = conn
+                        core.idle.append(slot)
+                    return
         await self._give_back(slot, conn, bad)
 
     async def _give_back(self, slot: Slot, conn: Any, bad: str | None) -> None:
@@ -743,8 +762,10 @@ class AsyncConnectionPool(_core.PoolProperties, Generic[ACT]):
                     core.connecting -= 1
                     done = True
                     slot = core.connect_ok(conn, t1, t1 - now, core.on_collected)
-                    conn._pool = cast(Any, self)
                     conn._pgw_slot = slot  # type: ignore[attr-defined]
+                    # present but None while idle: psycopg then knows a pool owns it (no
+                    # "deleted while still open" warning when an unclosed pool is collected)
+                    conn._pool = None
                     if self._closed:
                         core.discard(slot)
                     else:
