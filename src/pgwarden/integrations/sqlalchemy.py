@@ -16,8 +16,8 @@ event              what the tracker hears
 ``close``          the DBAPI connection was closed (invalidated, recycled, overflow, disposed)
 =================  ==========================================================================
 
-plus ``engine_disposed`` (``ConnectionEvents``) for an ``Engine`` target: ``dispose()`` replaces
-the pool (``Pool.recreate()`` copies the listeners) and the new pool's timeout is wrapped again.
+An ``Engine``'s ``dispose()`` replaces its pool (``Pool.recreate()`` copies the listeners); the
+new pool's timeout is wrapped at its first ``connect`` event.
 
 Private API (SQLAlchemy has no hook for a checkout that times out): the pool instance's
 ``_do_get`` (``QueuePool`` and subclasses) is wrapped in :func:`_wrap_do_get` to count waiting
@@ -29,6 +29,7 @@ SQLAlchemy 2.0 and 2.1 (pyproject pins ``sqlalchemy>=2.0,<2.2``).
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 import weakref
 from typing import Any
@@ -39,7 +40,14 @@ from sqlalchemy.pool import Pool, QueuePool
 
 from ..observe import Sizes, TrackedConnection
 from ..observe.holders import capture_stack, skip_files
-from ._base import WAITED_AFTER, ExplainedError, Instrumentation, backend_pid, frames_from
+from ._base import (
+    WAITED_AFTER,
+    ExplainedError,
+    Instrumentation,
+    backend_pid,
+    frames_from,
+    task_or_thread,
+)
 from ._base import skip_library as _skip_library
 
 __all__ = ["ExplainedTimeoutError", "SQLAlchemyInstrumentation", "instrument",
@@ -89,6 +97,7 @@ class SQLAlchemyInstrumentation(Instrumentation):
                          reclaim=reclaim)
         dialect = engine.dialect if engine is not None else getattr(pool, "_dialect", None)
         self.is_async = bool(getattr(dialect, "is_async", False))
+        self._holder = task_or_thread if self.is_async else threading.current_thread
         self._listeners = (
             ("connect", self._on_connect),
             ("checkout", self._on_checkout),
@@ -96,10 +105,11 @@ class SQLAlchemyInstrumentation(Instrumentation):
             ("detach", self._on_detach),
             ("close", self._on_close),
         )
+        #: where the listeners were registered: removing them there also removes the copies
+        #: ``Pool.recreate()`` made for later pools
+        self._listened = pool
         for identifier, fn in self._listeners:
             event.listen(pool, identifier, fn)
-        if engine is not None:
-            event.listen(engine, "engine_disposed", self._on_disposed)
         _wrap_do_get(self, pool)
         self._start()
 
@@ -131,45 +141,42 @@ class SQLAlchemyInstrumentation(Instrumentation):
         return rec
 
     def _on_connect(self, dbapi_connection: Any, entry: Any) -> None:
+        if self.engine is not None and self.engine.pool is not self._pool:
+            self._new_pool(self.engine.pool)
         rec = self._track(dbapi_connection, entry)
         started = getattr(entry, "last_connect_time", None)
         elapsed = max(0.0, time.time() - started) if started else 0.0
         with self.lock:
             self.tracker.connected(rec, elapsed)
 
-    def _stack(self) -> Any:
-        if not self.capture:
-            return ()
-        if self.is_async:
-            # the sync side runs in a greenlet whose frames end at SQLAlchemy's bridge: add
-            # the suspended asyncio side, where the application's coroutine is
-            return capture_stack(4, 6) + frames_from(_greenlet_parent_frame(), self.stack_depth)
-        # 0 capture_stack, 1 this, 2 _on_checkout, 3 the event dispatcher, 4 _checkout,
-        # 5 Pool.connect, 6 its caller
-        return capture_stack(6, self.stack_depth)
+    def _async_stack(self) -> Any:
+        # the sync side runs in a greenlet whose frames end at SQLAlchemy's bridge: add the
+        # suspended asyncio side, where the application's coroutine is
+        return capture_stack(4, 6) + frames_from(_greenlet_parent_frame(), self.stack_depth)
 
     def _on_checkout(self, dbapi_connection: Any, entry: Any, fairy: Any) -> None:
         rec = entry.info.get(_KEY)
         if rec is None:
             with self.lock:
                 rec = self._adopt(self._track(dbapi_connection, entry))
-        stack = self._stack()
-        holder = self._holder()
+        if not self.capture:
+            stack: Any = ()
+        elif self.is_async:
+            stack = self._async_stack()
+        else:
+            # 0 capture_stack, 1 this, 2 the event dispatcher, 3 _checkout, 4 Pool.connect,
+            # 5 its caller
+            stack = capture_stack(5, self.stack_depth)
+        holder = self._holder()  # the thread (sync) or the task (asyncio dialects)
         now = time.monotonic()
         with self.lock:
             self.tracker.checkout(rec, holder, stack, now)
         rec.handle = weakref.ref(fairy)
 
-    def _holder(self) -> Any:
-        from ._base import task_or_thread
-
-        return task_or_thread()
-
     def _on_checkin(self, dbapi_connection: Any, entry: Any) -> None:
         rec = entry.info.get(_KEY)
-        if rec is None or not rec.out:
-            return
-        self._returned(rec)
+        if rec is not None and rec.out:
+            self._returned(rec)
 
     def _returned(self, rec: TrackedConnection) -> None:
         handle = rec.handle
@@ -195,21 +202,23 @@ class SQLAlchemyInstrumentation(Instrumentation):
     def _on_close(self, dbapi_connection: Any, entry: Any) -> None:
         self._gone(entry)
 
-    def _on_disposed(self, engine: Any) -> None:
-        # the old pool closed its idle connections (close events); the new one needs its
-        # timeout wrapped; connections still checked out come back to the old pool
-        _wrap_do_get(self, engine.pool)
-        setattr(engine.pool, _ATTR, self)
+    def _new_pool(self, pool: Pool) -> None:
+        """``engine.dispose()`` replaced the pool (``Pool.recreate()`` copied the listeners):
+        wrap the new pool's timeout. Seen at its first connection, which comes before any
+        checkout of it can time out. (An ``engine_disposed`` listener would do it at once, but
+        any engine-level listener makes SQLAlchemy dispatch connection events on every
+        ``Connection``: +3 µs per checkout.) Connections still checked out of the old pool
+        come back to it and are seen by the same listeners."""
+        old, self._pool = self._pool, pool
+        _wrap_do_get(self, pool)
+        setattr(pool, _ATTR, self)
+        old.__dict__.pop(_ATTR, None)
 
     def _undo(self) -> None:
         for identifier, fn in self._listeners:
-            if event.contains(self._pool, identifier, fn):
-                event.remove(self._pool, identifier, fn)
-            if self.engine is not None and event.contains(self.engine.pool, identifier, fn):
-                event.remove(self.engine.pool, identifier, fn)
+            if event.contains(self._listened, identifier, fn):
+                event.remove(self._listened, identifier, fn)
         if self.engine is not None:
-            if event.contains(self.engine, "engine_disposed", self._on_disposed):
-                event.remove(self.engine, "engine_disposed", self._on_disposed)
             _unwrap_do_get(self.engine.pool)
             self.engine.__dict__.pop(_ATTR, None)
             self.engine.pool.__dict__.pop(_ATTR, None)
@@ -239,21 +248,22 @@ def _wrap_do_get(handle: SQLAlchemyInstrumentation, pool: Pool) -> None:
         try:
             entry = original()
         except exc.TimeoutError as e:
-            waited = time.monotonic() - t0
             with lock:
-                tracker.timed_out(waited)
-            err = handle._explained(ExplainedTimeoutError, e)
+                tracker.timed_out(time.monotonic() - t0)
+                # explained while this caller still counts as waiting
+                err = handle._explained(ExplainedTimeoutError, e)
+                tracker.requests_waiting -= 1
             raise err from None
-        except Exception:
-            with lock:
-                tracker.failed()
-            raise
-        finally:
+        except BaseException as e:
             with lock:
                 tracker.requests_waiting -= 1
+                if isinstance(e, Exception):
+                    tracker.failed()
+            raise
         waited = time.monotonic() - t0
-        if waited > WAITED_AFTER:
-            with lock:
+        with lock:
+            tracker.requests_waiting -= 1
+            if waited > WAITED_AFTER:
                 tracker.waited(waited)
         return entry
 
