@@ -5,7 +5,8 @@ same settings, one left alone and one instrumented with leak detection on (the d
 ``leak_threshold=60``: a stack captured at every checkout). Each round times N uncontended
 checkout + return pairs (one worker, no query) of every pool, in a new random order each round;
 the ratio is the median over rounds of instrumented / bare within the same round, so both sides
-of a ratio share the machine's state of that moment.
+of a ratio share the machine's state of that moment. A second bare pool per library gives the
+same ratio for two identical pools: what the noise alone makes of it.
 
 Pairs: SQLAlchemy ``with engine.connect(): pass`` (psycopg driver; asyncpg driver for the
 AsyncEngine), psycopg_pool ``getconn()`` / ``putconn()`` (sync and async), asyncpg ``async with
@@ -37,15 +38,17 @@ from pgwarden import instrument
 from pgwarden.embedded import EmbeddedPostgres
 
 TARGET = 1.10
+#: two bare pools (the second one: what the noise alone makes of a ratio) and the instrumented
+KINDS = ("bare", "bare2", "instrumented")
 
 
 class Contender:
     """One library: a bare pair and an instrumented pair, ``n`` pairs per timing."""
 
-    def __init__(self, name: str, n: int, bare: Any, instrumented: Any, close: Any,
+    def __init__(self, name: str, n: int, pairs: list[Any], close: Any,
                  is_async: bool = False) -> None:
         self.name, self.n, self.is_async = name, n, is_async
-        self.pairs = {"bare": bare, "instrumented": instrumented}
+        self.pairs = dict(zip(KINDS, pairs, strict=True))
         self.close = close
 
 
@@ -74,8 +77,8 @@ def contenders(pg: EmbeddedPostgres, loop: asyncio.AbstractEventLoop) -> list[Co
 
     # SQLAlchemy, sync (psycopg)
     url = pg.url.replace("postgresql://", "postgresql+psycopg://")
-    engines = [sqlalchemy.create_engine(url, pool_size=5) for _ in range(2)]
-    instrument(engines[1], name="bench-sqlalchemy")
+    engines = [sqlalchemy.create_engine(url, pool_size=5) for _ in KINDS]
+    instrument(engines[2], name="bench-sqlalchemy")
 
     def sa_pair(engine: Any) -> Callable[[], None]:
         def pair() -> None:
@@ -83,13 +86,13 @@ def contenders(pg: EmbeddedPostgres, loop: asyncio.AbstractEventLoop) -> list[Co
                 pass
         return pair
 
-    out.append(Contender("sqlalchemy (engine.connect, psycopg)", 3000, sa_pair(engines[0]),
-                         sa_pair(engines[1]), lambda: [e.dispose() for e in engines]))
+    out.append(Contender("sqlalchemy (engine.connect, psycopg)", 3000,
+                         [sa_pair(e) for e in engines], lambda: [e.dispose() for e in engines]))
 
     # SQLAlchemy, AsyncEngine (asyncpg)
     aurl = pg.url.replace("postgresql://", "postgresql+asyncpg://")
-    aengines = [create_async_engine(aurl, pool_size=5) for _ in range(2)]
-    instrument(aengines[1], name="bench-sqlalchemy-async")
+    aengines = [create_async_engine(aurl, pool_size=5) for _ in KINDS]
+    instrument(aengines[2], name="bench-sqlalchemy-async")
 
     def asa_pair(engine: Any) -> Callable[[], Awaitable[None]]:
         async def pair() -> None:
@@ -101,35 +104,35 @@ def contenders(pg: EmbeddedPostgres, loop: asyncio.AbstractEventLoop) -> list[Co
         for e in aengines:
             await e.dispose()
 
-    out.append(Contender("sqlalchemy async (AsyncEngine, asyncpg)", 1000, asa_pair(aengines[0]),
-                         asa_pair(aengines[1]),
+    out.append(Contender("sqlalchemy async (AsyncEngine, asyncpg)", 1000,
+                         [asa_pair(e) for e in aengines],
                          lambda: loop.run_until_complete(dispose_async()), is_async=True))
 
     # psycopg_pool, sync
-    pools = [psycopg_pool.ConnectionPool(pg.dsn, min_size=5, open=True) for _ in range(2)]
+    pools = [psycopg_pool.ConnectionPool(pg.dsn, min_size=5, open=True) for _ in KINDS]
     for p in pools:
         p.wait(30)
-    instrument(pools[1], name="bench-psycopg_pool")
+    instrument(pools[2], name="bench-psycopg_pool")
 
     def pp_pair(pool: Any) -> Callable[[], None]:
         def pair() -> None:
             pool.putconn(pool.getconn())
         return pair
 
-    out.append(Contender("psycopg_pool (getconn/putconn)", 3000, pp_pair(pools[0]),
-                         pp_pair(pools[1]), lambda: [p.close() for p in pools]))
+    out.append(Contender("psycopg_pool (getconn/putconn)", 3000, [pp_pair(p) for p in pools],
+                         lambda: [p.close() for p in pools]))
 
     # psycopg_pool, async
     async def open_apools() -> list[Any]:
         made = []
-        for _ in range(2):
+        for _ in KINDS:
             p = psycopg_pool.AsyncConnectionPool(pg.dsn, min_size=5, open=False)
             await p.open(wait=True)
             made.append(p)
         return made
 
     apools = loop.run_until_complete(open_apools())
-    instrument(apools[1], name="bench-psycopg_pool-async")
+    instrument(apools[2], name="bench-psycopg_pool-async")
 
     def app_pair(pool: Any) -> Callable[[], Awaitable[None]]:
         async def pair() -> None:
@@ -140,16 +143,16 @@ def contenders(pg: EmbeddedPostgres, loop: asyncio.AbstractEventLoop) -> list[Co
         for p in apools:
             await p.close()
 
-    out.append(Contender("psycopg_pool async (getconn/putconn)", 2000, app_pair(apools[0]),
-                         app_pair(apools[1]), lambda: loop.run_until_complete(close_apools()),
-                         is_async=True))
+    out.append(Contender("psycopg_pool async (getconn/putconn)", 2000,
+                         [app_pair(p) for p in apools],
+                         lambda: loop.run_until_complete(close_apools()), is_async=True))
 
     # asyncpg
     async def open_apg() -> list[Any]:
-        return [await asyncpg.create_pool(pg.url, min_size=5, max_size=5) for _ in range(2)]
+        return [await asyncpg.create_pool(pg.url, min_size=5, max_size=5) for _ in KINDS]
 
     apg = loop.run_until_complete(open_apg())
-    instrument(apg[1], name="bench-asyncpg")
+    instrument(apg[2], name="bench-asyncpg")
 
     def apg_pair(pool: Any) -> Callable[[], Awaitable[None]]:
         async def pair() -> None:
@@ -161,12 +164,12 @@ def contenders(pg: EmbeddedPostgres, loop: asyncio.AbstractEventLoop) -> list[Co
         for p in apg:
             await p.close()
 
-    out.append(Contender("asyncpg (acquire/release)", 300, apg_pair(apg[0]), apg_pair(apg[1]),
+    out.append(Contender("asyncpg (acquire/release)", 300, [apg_pair(p) for p in apg],
                          lambda: loop.run_until_complete(close_apg()), is_async=True))
 
     # psycopg2
-    p2 = [psycopg2.pool.ThreadedConnectionPool(5, 5, pg.dsn) for _ in range(2)]
-    instrument(p2[1], name="bench-psycopg2")
+    p2 = [psycopg2.pool.ThreadedConnectionPool(5, 5, pg.dsn) for _ in KINDS]
+    instrument(p2[2], name="bench-psycopg2")
 
     def p2_pair(pool: Any) -> Callable[[], None]:
         def pair() -> None:
@@ -174,7 +177,7 @@ def contenders(pg: EmbeddedPostgres, loop: asyncio.AbstractEventLoop) -> list[Co
         return pair
 
     out.append(Contender("psycopg2 (ThreadedConnectionPool getconn/putconn)", 5000,
-                         p2_pair(p2[0]), p2_pair(p2[1]), lambda: [p.closeall() for p in p2]))
+                         [p2_pair(p) for p in p2], lambda: [p.closeall() for p in p2]))
     return out
 
 
@@ -187,7 +190,7 @@ def main() -> int:
     scale = 0.1 if args.quick else 1.0
     loop = asyncio.new_event_loop()
     us: dict[str, dict[str, list[float]]] = {}
-    with EmbeddedPostgres(max_connections=60) as pg:
+    with EmbeddedPostgres(max_connections=150) as pg:
         cs = contenders(pg, loop)
         try:
             for c in cs:  # warm-up: every pool's connections open, code paths hot
@@ -198,14 +201,14 @@ def main() -> int:
                     else:
                         sync_timing(pair, n)
             for r in range(rounds):
-                order = [(c, kind) for c in cs for kind in ("bare", "instrumented")]
+                order = [(c, kind) for c in cs for kind in KINDS]
                 random.shuffle(order)
                 for c, kind in order:
                     n = max(20, int(c.n * scale))
                     pair = c.pairs[kind]
                     value = loop.run_until_complete(async_timing(pair, n)) if c.is_async \
                         else sync_timing(pair, n)
-                    us.setdefault(c.name, {"bare": [], "instrumented": []})[kind].append(value)
+                    us.setdefault(c.name, {k: [] for k in KINDS})[kind].append(value)
                 print(f"round {r + 1}/{rounds} done", file=sys.stderr)
         finally:
             for c in cs:
@@ -217,16 +220,18 @@ def main() -> int:
         bare, inst = statistics.median(runs["bare"]), statistics.median(runs["instrumented"])
         ratio = statistics.median(i / b for i, b in zip(runs["instrumented"], runs["bare"],
                                                         strict=True))
+        noise = statistics.median(i / b for i, b in zip(runs["bare2"], runs["bare"],
+                                                        strict=True))
         met = ratio <= TARGET
         rows.append([name, f"{bare:.1f}", f"{inst:.1f}", f"+{inst - bare:.1f}",
-                     f"{ratio:.2f}x", "met" if met else "missed"])
+                     f"{ratio:.2f}x", f"{noise:.2f}x", "met" if met else "missed"])
         results[name] = {"bare_us_median": bare, "instrumented_us_median": inst,
-                         "ratio_median": ratio, "target_met": met,
-                         "bare_us_runs": runs["bare"], "instrumented_us_runs": runs["instrumented"]}
+                         "ratio_median": ratio, "bare2_over_bare_median": noise,
+                         "target_met": met, "runs_us": runs}
     print(f"\ncheckout + return, µs per pair (median of {rounds} interleaved rounds; leak "
           "detection on):\n")
     print_table(["library", "bare µs", "instrumented µs", "added µs", "instrumented / bare",
-                 f"target ≤ {TARGET:.2f}x"], rows)
+                 "bare2 / bare (noise)", f"target ≤ {TARGET:.2f}x"], rows)
     write_results("instrument", {"environment": environment(), "rounds": rounds,
                                  "target_ratio": TARGET, "results": results})
     return 0
