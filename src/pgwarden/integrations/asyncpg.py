@@ -163,7 +163,7 @@ class AsyncpgInstrumentation(Instrumentation):
                 if isinstance(e, Exception):
                     tracker.failed()
             raise
-        stack = capture_stack(2) if self.capture else ()
+        stack = capture_stack(2, self.stack_depth) if self.capture else ()
         rec = self._by_pid.get(proxy.get_server_pid())
         if rec is None:
             rec = self._record(_connection_of(proxy), None)

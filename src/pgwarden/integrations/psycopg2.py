@@ -153,7 +153,7 @@ def _wrap(handle: Psycopg2Instrumentation, pool: Any) -> None:
             rec = handle._record(conn, None)
         if rec.out:  # getconn(key) of a key that holds it already
             return conn
-        stack = capture_stack(2) if capture else ()
+        stack = capture_stack(2, handle.stack_depth) if capture else ()
         now = time.monotonic()
         holder = threading.current_thread()
         with lock:

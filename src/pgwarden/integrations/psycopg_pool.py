@@ -157,7 +157,7 @@ def _wrap_sync(handle: PsycopgPoolInstrumentation, pool: ConnectionPool[Any]) ->
             if err is not None:
                 raise err from None
             raise
-        handle._checked_out(conn, t0, capture_stack(2) if capture else ())
+        handle._checked_out(conn, t0, capture_stack(2, handle.stack_depth) if capture else ())
         return conn
 
     def wrapped_putconn(conn: Any) -> None:
@@ -184,7 +184,7 @@ def _wrap_async(handle: PsycopgPoolInstrumentation, pool: AsyncConnectionPool[An
             if err is not None:
                 raise err from None
             raise
-        handle._checked_out(conn, t0, capture_stack(2) if capture else ())
+        handle._checked_out(conn, t0, capture_stack(2, handle.stack_depth) if capture else ())
         return conn
 
     async def wrapped_putconn(conn: Any) -> None:
