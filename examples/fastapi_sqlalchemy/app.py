@@ -6,7 +6,9 @@ after the request. ``/debug/pool`` shows who holds the pool's connections: the r
 with its file and line, its task and the backend pid. When the pool runs dry, SQLAlchemy's
 ``TimeoutError`` says the same.
 
-Run it: ``DATABASE_URL=postgresql+asyncpg://app@db/shop uvicorn examples.fastapi_sqlalchemy.app:app``
+Run it::
+
+    DATABASE_URL=postgresql+asyncpg://app@db/shop uvicorn examples.fastapi_sqlalchemy.app:app
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def create_app(database_url: str | None = None, **engine_options: Any) -> FastAP
             yield s
 
     @app.get("/answer")
-    async def answer(s: AsyncSession = Depends(session)) -> dict[str, int]:  # noqa: B008
+    async def answer(s: AsyncSession = Depends(session)) -> dict[str, int]:
         return {"answer": (await s.execute(text("select 42"))).scalar_one()}
 
     @app.get("/report")

@@ -15,7 +15,8 @@ connecting through the superuser reserve, names each culprit with its fix; the g
 the slots by policy and the bot connects again. Last, the server is restarted under the load of
 a :class:`pgwarden.ConnectionPool`, whose callers see no failed checkout or statement; a
 SQLAlchemy app leaks sessions until its QueuePool times out, and with ``pgwarden.instrument``
-the timeout names the file and line holding each connection; and 60 clients connect at once: directly most are refused (too many clients), through a real
+the timeout names the file and line holding each connection; and 60 clients connect at
+once: directly most are refused (too many clients), through a real
 PgBouncer configured by ``pgwarden pgbouncer init``'s plan all are served (skipped, saying how
 to install it, where pgbouncer is not installed).
 """

@@ -136,11 +136,12 @@ async def restart_scenario(cluster: EmbeddedPostgres, *, instrumented: bool) -> 
     seen = []
     try:
         cons = [await pool.acquire() for _ in range(3)]
+        pids = [c.get_server_pid() for c in cons]
         await cons[0].execute("begin")  # reset on release rolls it back
         for c in cons:
             await pool.release(c)
-        states = cluster.execute("select state from pg_stat_activity "
-                                 "where application_name = 'scenario'")
+        states = cluster.execute("select state from pg_stat_activity where pid = any(%s)",
+                                 (pids,))
         seen.append(f"size={pool.get_size()} states={sorted(s for (s,) in states)}")
         await asyncio.to_thread(cluster.restart)
         for _ in range(3):

@@ -144,11 +144,12 @@ def restart_scenario(cluster: EmbeddedPostgres, *, instrumented: bool) -> list[s
     seen = []
     try:
         conns = [pool.getconn() for _ in range(3)]
+        pids = [c.get_backend_pid() for c in conns]
         conns[0].cursor().execute("select 1")  # a transaction left open: rolled back on return
         for c in conns:
             pool.putconn(c)  # the third is closed: minconn=2 are kept
-        states = cluster.execute("select state from pg_stat_activity "
-                                 "where application_name = 'scenario'")
+        states = cluster.execute("select state from pg_stat_activity where pid = any(%s)",
+                                 (pids[:2],))  # the third was closed on return
         seen.append(f"kept={len(pool._pool)} states={sorted(s for (s,) in states)}")
         cluster.restart()
         for _ in range(3):

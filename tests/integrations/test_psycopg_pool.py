@@ -93,9 +93,8 @@ def test_exhaustion_raises_pool_timeout_naming_the_holders(pg: EmbeddedPostgres)
             f"use, 0 idle, 1 waiting; longest holders: backend pid {held.info.backend_pid} held ")
         assert f"test_psycopg_pool.py:{line} in borrow (idle in transaction)" in str(err)
         assert err.holders[0].pid in server_pids(pg)
-        with pytest.raises(ExplainedPoolTimeout):
-            with pool.connection(timeout=0.1):
-                pass
+        with pytest.raises(ExplainedPoolTimeout), pool.connection(timeout=0.1):
+            pass
         assert handle.stats().timeouts_total == 2
         pool.putconn(held)
         handle.remove()
@@ -136,9 +135,8 @@ def test_remove_and_twice(pg: EmbeddedPostgres) -> None:
         handle.remove()
         assert handle.tracker not in trackers()
         assert not {"getconn", "putconn", "_connect"} & set(vars(pool))
-        with pool.connection():
-            with pytest.raises(PoolTimeout) as caught:
-                pool.getconn()
+        with pool.connection(), pytest.raises(PoolTimeout) as caught:
+            pool.getconn()
         assert type(caught.value) is PoolTimeout
         assert handle.stats().requests_total == 0
 
@@ -173,12 +171,13 @@ def restart_scenario(cluster: EmbeddedPostgres, *, instrumented: bool, check: bo
     with pool:
         pool.wait()
         conns = [pool.getconn() for _ in range(3)]  # grows past min_size
+        pids = [c.info.backend_pid for c in conns]
         conns[0].execute("select 1")  # a transaction left open: rolled back on return
         for c in conns:
             pool.putconn(c)
         assert eventually(lambda: pool.get_stats()["pool_available"] == 3)
-        states = cluster.execute("select state from pg_stat_activity "
-                                 "where application_name = 'scenario'")
+        states = cluster.execute("select state from pg_stat_activity where pid = any(%s)",
+                                 (pids,))
         seen.append(f"size={pool.get_stats()['pool_size']} states={sorted(s for (s,) in states)}")
         cluster.restart()
         for _ in range(3):

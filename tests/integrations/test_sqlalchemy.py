@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import warnings
 from typing import Any
 
 import pytest
@@ -163,7 +164,8 @@ async def test_async_dropped_connection_is_reported(pg: EmbeddedPostgres,
     try:
         session = await hold_async_session(engine)
         del session
-        with pytest.warns(sa.exc.SAWarning, match="garbage collector"):
+        with warnings.catch_warnings():  # SQLAlchemy warns about it too (2.0.x: some versions)
+            warnings.simplefilter("ignore")
             gc.collect()
         assert "garbage-collected without being returned" in caplog.text
         assert "in hold_async_session" in caplog.text
@@ -183,9 +185,8 @@ def test_remove_restores_sqlalchemy(pg: EmbeddedPostgres) -> None:
     handle.remove()  # idempotent
     assert handle.tracker not in trackers()
     assert "_do_get" not in engine.pool.__dict__
-    with engine.connect():
-        with pytest.raises(sa.exc.TimeoutError) as caught:
-            engine.connect()
+    with engine.connect(), pytest.raises(sa.exc.TimeoutError) as caught:
+        engine.connect()
     assert type(caught.value) is sa.exc.TimeoutError
     assert handle.stats().requests_total == 0  # the events stopped
     again = pgwarden.instrument(engine)
@@ -273,12 +274,15 @@ def restart_scenario(cluster: EmbeddedPostgres, *, instrumented: bool,
     seen = []
     try:
         conns = [engine.connect() for _ in range(3)]
+        pids = [c.exec_driver_sql("select pg_backend_pid()").scalar() for c in conns]
+        for c in conns:
+            c.rollback()
         seen.append(f"overflow={engine.pool.overflow()} out={engine.pool.checkedout()}")
         conns[0].execute(sa.text("select 1"))  # a transaction left open: reset on return
         for c in conns:
             c.close()
-        states = cluster.execute("select state from pg_stat_activity "
-                                 "where application_name = 'scenario'")
+        states = cluster.execute("select state from pg_stat_activity where pid = any(%s)",
+                                 (pids[:2],))  # the overflow's third was closed on return
         seen.append(f"in={engine.pool.checkedin()} states={sorted(s for (s,) in states)}")
         cluster.restart()
         for _ in range(3):

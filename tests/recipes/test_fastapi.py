@@ -6,8 +6,8 @@ from __future__ import annotations
 import httpx
 import pytest
 import sqlalchemy as sa
-
 from examples.fastapi_sqlalchemy.app import create_app
+
 from pgwarden.embedded import EmbeddedPostgres
 from pgwarden.integrations.sqlalchemy import ExplainedTimeoutError
 

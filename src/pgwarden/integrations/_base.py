@@ -55,7 +55,7 @@ _PQ_STATES = ("idle", "active", "idle in transaction", "idle in transaction (abo
 
 def package_dir(module: Any) -> str:
     """The directory of a package (to leave its frames out when locating holders)."""
-    return os.path.dirname(os.path.abspath(module.__file__)) + os.sep
+    return os.path.dirname(os.path.abspath(str(module.__file__))) + os.sep
 
 
 def frames_from(frame: Any, depth: int) -> RawStack:

@@ -24,13 +24,14 @@ asyncpg keeps a strong reference to a checked-out ``PoolConnectionProxy`` (its h
 garbage-collected and holds its connection forever. The leak scanner finds such proxies (their
 reference count is asyncpg's own references: PRIVATE reads of ``_con``, ``_holder`` and
 ``_proxy``), reports them as collected and, with ``reclaim=True``, gives them back with the public
-``Pool.release()`` on the pool's event loop. Tested with asyncpg 0.29 to 0.32 (pyproject pins
-``asyncpg>=0.29,<0.33``).
+``Pool.release()`` on the pool's event loop. Tested with asyncpg 0.29.0 and 0.32.0 (pyproject
+pins ``asyncpg>=0.29,<0.33``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
@@ -214,10 +215,8 @@ class AsyncpgInstrumentation(Instrumentation):
                 logger.warning("pool %r: released the dropped connection backend pid %d back "
                                "to the pool (Pool.release)", self.name, rec.pid)
 
-        try:
+        with contextlib.suppress(RuntimeError):  # the loop is closed
             asyncio.run_coroutine_threadsafe(give_back(), loop)
-        except RuntimeError:  # the loop is closed
-            pass
 
     def _undo(self) -> None:
         if type(self.pool).__dict__.get("_pgwarden") is self:
@@ -244,7 +243,7 @@ def _subclass(base: type[Pool], handle: AsyncpgInstrumentation) -> type[Pool]:
     async def _get_new_connection(self: Pool) -> Any:  # PRIVATE API
         t0 = time.monotonic()
         try:
-            con = await base._get_new_connection(self)  # type: ignore[attr-defined]
+            con = await base._get_new_connection(self)
         except BaseException:
             with handle.lock:
                 handle.tracker.connect_failed()

@@ -16,7 +16,8 @@ application dropped is never garbage-collected: the leak scanner finds it (its r
 is the pool's own reference: PRIVATE reads of ``_rused`` / ``_used``), reports it as collected and,
 with ``reclaim=True``, returns it with the public ``putconn`` on the next ``getconn`` or
 ``putconn`` call (in the application's thread: ``SimpleConnectionPool`` is not thread-safe).
-Tested with psycopg2 2.9 (pyproject pins ``psycopg2-binary>=2.9,<2.10``).
+Tested with psycopg2 2.9.5 and 2.9.13 (pyproject pins ``psycopg2-binary>=2.9.5,<2.10``; older
+2.9 releases have no wheels for Python 3.11).
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ class Psycopg2Instrumentation(Instrumentation):
         self._to_reclaim: list[Any] = []
         super().__init__(pool, name=name, leak_threshold=leak_threshold, sizes=self._sizes,
                          reclaim=reclaim)
-        for conn in list(pool._pool) + list(pool._used.values()):  # type: ignore[attr-defined]
+        for conn in list(pool._pool) + list(pool._used.values()):
             self._record(conn, None)
         _wrap(self, pool)
         self._start()
@@ -195,9 +196,10 @@ def _wrap(handle: Psycopg2Instrumentation, pool: Any) -> None:
         handle._record(conn, time.monotonic() - t0)
         return conn
 
-    for attr, fn in (("getconn", wrapped_getconn), ("putconn", wrapped_putconn),
-                     ("closeall", wrapped_closeall), ("_connect", wrapped_connect)):
-        fn.__pgwarden__ = True  # type: ignore[attr-defined]
+    wrappers: dict[str, Any] = {"getconn": wrapped_getconn, "putconn": wrapped_putconn,
+                                "closeall": wrapped_closeall, "_connect": wrapped_connect}
+    for attr, fn in wrappers.items():
+        fn.__pgwarden__ = True
         setattr(pool, attr, fn)
 
 

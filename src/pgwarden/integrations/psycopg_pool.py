@@ -16,7 +16,7 @@ them):
 Each connection is kept as a weak reference with a callback: when psycopg_pool drops a
 connection it closed, the record goes; when the application drops one it never returned, it is
 reported as collected (psycopg_pool cannot take that slot back: it stays counted in the pool's
-size until the pool is closed, as without pgwarden). Tested with psycopg_pool 3.2 and 3.3
+size until the pool is closed, as without pgwarden). Tested with psycopg_pool 3.2.0 and 3.3.3
 (pyproject pins ``psycopg_pool>=3.2,<3.4``).
 """
 
@@ -105,7 +105,7 @@ class PsycopgPoolInstrumentation(Instrumentation):
 
     def _checked_out(self, conn: Any, t0: float, stack: Any) -> None:
         rec = self._recs.get(id(conn))
-        if rec is None or rec.connection() is not conn:  # type: ignore[misc]
+        if rec is None or rec.connection() is not conn:
             rec = self._record(conn, None)
         now = time.monotonic()
         holder = task_or_thread()
@@ -202,30 +202,29 @@ def _wrap_connect(handle: PsycopgPoolInstrumentation, pool: Any) -> None:
     track them from the start."""
     original = pool._connect
 
-    if handle.is_async:
-        async def wrapped(timeout: float | None = None) -> Any:
-            t0 = time.monotonic()
-            try:
-                conn = await original(timeout)
-            except BaseException:
-                with handle.lock:
-                    handle.tracker.connect_failed()
-                raise
-            handle._record(conn, time.monotonic() - t0)
-            return conn
-    else:
-        def wrapped(timeout: float | None = None) -> Any:
-            t0 = time.monotonic()
-            try:
-                conn = original(timeout)
-            except BaseException:
-                with handle.lock:
-                    handle.tracker.connect_failed()
-                raise
-            handle._record(conn, time.monotonic() - t0)
-            return conn
+    async def wrapped_async(timeout: float | None = None) -> Any:
+        t0 = time.monotonic()
+        try:
+            conn = await original(timeout)
+        except BaseException:
+            with handle.lock:
+                handle.tracker.connect_failed()
+            raise
+        handle._record(conn, time.monotonic() - t0)
+        return conn
 
-    _set(pool, "_connect", wrapped)
+    def wrapped(timeout: float | None = None) -> Any:
+        t0 = time.monotonic()
+        try:
+            conn = original(timeout)
+        except BaseException:
+            with handle.lock:
+                handle.tracker.connect_failed()
+            raise
+        handle._record(conn, time.monotonic() - t0)
+        return conn
+
+    _set(pool, "_connect", wrapped_async if handle.is_async else wrapped)
 
 
 def _set(pool: Any, attr: str, fn: Any) -> None:

@@ -23,7 +23,7 @@ Private API (SQLAlchemy has no hook for a checkout that times out): the pool ins
 ``_do_get`` (``QueuePool`` and subclasses) is wrapped in :func:`_wrap_do_get` to count waiting
 callers and to raise :class:`ExplainedTimeoutError`; the ``QueuePool`` size is read with
 ``size()``, ``checkedin()``, ``checkedout()`` and the private ``_max_overflow``. Tested with
-SQLAlchemy 2.0 and 2.1 (pyproject pins ``sqlalchemy>=2.0,<2.2``).
+SQLAlchemy 2.0.0 and 2.1.9 (pyproject pins ``sqlalchemy>=2.0,<2.2``).
 """
 
 from __future__ import annotations
@@ -54,8 +54,10 @@ __all__ = ["ExplainedTimeoutError", "SQLAlchemyInstrumentation", "instrument",
            "instrumentation_of"]
 
 _skip_library(sqlalchemy)
-# SQLAlchemy compiles some wrappers (``_go()`` of the ORM's state decorators) with this file name
-skip_files("<sqlalchemy generated")
+# SQLAlchemy compiles some wrappers (``_go()`` of the ORM's state decorators) from strings: named
+# "<sqlalchemy generated ...>" since 2.0.x, "<string>" before (code compiled from a string has no
+# file to point at anyway)
+skip_files("<sqlalchemy generated", "<string>")
 
 #: where the tracker's record of a DBAPI connection lives: the ``ConnectionPoolEntry.info``
 #: dictionary, which SQLAlchemy clears whenever the entry gets a new DBAPI connection
@@ -116,7 +118,7 @@ class SQLAlchemyInstrumentation(Instrumentation):
     @property
     def pool(self) -> Pool:
         """The pool now (an engine's ``dispose()`` replaces it)."""
-        return self.engine.pool if self.engine is not None else self._pool  # type: ignore[no-any-return]
+        return self.engine.pool if self.engine is not None else self._pool
 
     def _sizes(self) -> Sizes:
         pool = self.pool
