@@ -22,6 +22,7 @@ size until the pool is closed, as without pgwarden). Tested with psycopg_pool 3.
 
 from __future__ import annotations
 
+import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -108,7 +109,7 @@ class PsycopgPoolInstrumentation(Instrumentation):
         if rec is None or rec.connection() is not conn:
             rec = self._record(conn, None)
         now = time.monotonic()
-        holder = task_or_thread()
+        holder = task_or_thread() if self.is_async else threading.current_thread()
         with self.lock:
             self.tracker.requests_waiting -= 1
             self.tracker.checkout(rec, holder, stack, now)
