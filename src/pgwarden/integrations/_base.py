@@ -17,6 +17,7 @@ started with the first instrumentation and started again in a forked child.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import sys
@@ -211,6 +212,10 @@ class Instrumentation:
         self.capture = leak_threshold is not None
         #: checkouts the library holds strongly: ``id(obj) -> (record, obj)`` (asyncpg, psycopg2)
         self._out: dict[int, tuple[TrackedConnection, Any]] = {}
+        #: connections the garbage collector took, reported by the next scan: a weakref
+        #: callback runs wherever a collection happens to run, so it only appends here (no
+        #: lock, no logging at collection time)
+        self._gone: collections.deque[TrackedConnection] = collections.deque()
         self.tracker = Tracker(name, library=self.library, leak_threshold=leak_threshold,
                                sizes=sizes, state_of=self._state_of, register=False)
 
@@ -305,6 +310,11 @@ class Instrumentation:
         if self.removed:
             return
         with self.lock:
+            while self._gone:
+                rec = self._gone.popleft()
+                if rec.out:
+                    self.tracker.collected(rec)
+                self.tracker.closed(rec)
             leaks = self.tracker.leak_scan()
             dropped = self._find_dropped() if self._out else []
             for _key, rec, _obj in dropped:

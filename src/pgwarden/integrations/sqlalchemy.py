@@ -189,7 +189,7 @@ class SQLAlchemyInstrumentation(Instrumentation):
             else:
                 self.tracker.checkin(rec, time.monotonic())
 
-    def _gone(self, entry: Any) -> None:
+    def _left_pool(self, entry: Any) -> None:
         rec = entry.info.pop(_KEY, None)
         if rec is None:
             return
@@ -199,10 +199,10 @@ class SQLAlchemyInstrumentation(Instrumentation):
             self.tracker.closed(rec)
 
     def _on_detach(self, dbapi_connection: Any, entry: Any) -> None:
-        self._gone(entry)
+        self._left_pool(entry)
 
     def _on_close(self, dbapi_connection: Any, entry: Any) -> None:
-        self._gone(entry)
+        self._left_pool(entry)
 
     def _new_pool(self, pool: Pool) -> None:
         """``engine.dispose()`` replaced the pool (``Pool.recreate()`` copied the listeners):
