@@ -16,8 +16,8 @@ them):
 Each connection is kept as a weak reference with a callback: when psycopg_pool drops a
 connection it closed, the record goes; when the application drops one it never returned, it is
 reported as collected by the next leak scan (psycopg_pool cannot take that slot back: it stays
-counted in the pool's size until the pool is closed, as without pgwarden). Tested with psycopg_pool 3.2.0 and 3.3.3
-(pyproject pins ``psycopg_pool>=3.2,<3.4``).
+counted in the pool's size until the pool is closed, as without pgwarden). Tested with
+psycopg_pool 3.2.0 and 3.3.3 (pyproject pins ``psycopg_pool>=3.2,<3.4``).
 """
 
 from __future__ import annotations
