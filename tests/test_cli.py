@@ -145,6 +145,12 @@ def test_demo_shows_culprits_and_cleans_up() -> None:
     replayed = re.search(r"(\d+) statements killed by the shutdown were run again", out)
     assert replayed is not None and int(replayed.group(1)) >= 1
     assert "the pool served queries again" in out
+    # a SQLAlchemy app leaks sessions: the QueuePool timeout names the file and line
+    leak = out.split("a SQLAlchemy app that leaks a session")[1]
+    assert "sqlalchemy.exc.TimeoutError" in leak
+    assert "QueuePool limit of size 2 overflow 0 reached, connection timed out" in leak
+    assert re.search(r"by MainThread at \S*demo\.py:\d+ in export_invoices", leak), leak[:2000]
+    assert "longest holders: backend pid" in leak
     # scale out: refused directly, all served through the PgBouncer pgwarden configures
     assert "too many clients" in out.split("scale out")[1]
     assert re.search(r"pgbouncer (\d+) of \1 clients served, 0 refused", out), out[-800:]

@@ -18,6 +18,7 @@ from .errors import (
 )
 from .guard import Guard, PassResult
 from .guard import Policy as GuardPolicy
+from .integrations import Instrumentation, instrument
 from .pool import AsyncConnectionPool, ConnectionPool, Holder, PoolCheckoutTimeout, get_pool
 
 __version__ = "0.1.0"
@@ -30,6 +31,7 @@ __all__ = [
     "Guard",
     "GuardPolicy",
     "Holder",
+    "Instrumentation",
     "PassResult",
     "PgwardenError",
     "PoolCheckoutTimeout",
@@ -40,6 +42,7 @@ __all__ = [
     "TooManyRequests",
     "__version__",
     "get_pool",
+    "instrument",
     "redact",
     "resolve",
 ]

@@ -13,8 +13,10 @@ role ``app``:
 The server fills up and the bot gets ``FATAL: sorry, too many clients already``. The doctor,
 connecting through the superuser reserve, names each culprit with its fix; the guard then frees
 the slots by policy and the bot connects again. Last, the server is restarted under the load of
-a :class:`pgwarden.ConnectionPool`, whose callers see no failed checkout or statement, and
-60 clients connect at once: directly most are refused (too many clients), through a real
+a :class:`pgwarden.ConnectionPool`, whose callers see no failed checkout or statement; a
+SQLAlchemy app leaks sessions until its QueuePool times out, and with ``pgwarden.instrument``
+the timeout names the file and line holding each connection; and 60 clients connect at
+once: directly most are refused (too many clients), through a real
 PgBouncer configured by ``pgwarden pgbouncer init``'s plan all are served (skipped, saying how
 to install it, where pgbouncer is not installed).
 """
@@ -68,6 +70,7 @@ class Demo:
         self.pg.execute("insert into orders select g, g * 10 from generate_series(1, 100) g")
         self.pg.execute("grant select, update on orders to app")
         self.failed_jobs: list[tuple[int, Any]] = []
+        self.cached_sessions: list[Any] = []
         self.worker_pool: ConnectionPool[Any] = ConnectionPool(
             self.conninfo("worker"), kwargs={"autocommit": True}, min_size=0, max_size=12,
             name="worker",
@@ -217,8 +220,55 @@ class Demo:
             c.print(f"  ... and {len(holders) - 3} more")
         self.guard()
         self.restart()
+        self.sqlalchemy_leak()
         self.scale_out()
         return 0
+
+    def export_invoices(self, engine: Any, month: int) -> None:
+        """The bug: the session is cached for a retry that never comes, so its connection is
+        never returned to SQLAlchemy's pool."""
+        from sqlalchemy import text
+        from sqlalchemy.orm import Session
+
+        session = Session(engine)
+        session.execute(text("select count(*) from orders where id % 12 = :m"), {"m": month})
+        self.cached_sessions.append(session)  # session.close() never runs
+
+    def sqlalchemy_leak(self) -> None:
+        """A SQLAlchemy app leaks sessions until its QueuePool times out; instrumented, the
+        timeout names the file and line holding each connection."""
+        c = self.console
+        c.rule("[bold]a SQLAlchemy app that leaks a session  [dim](pgwarden.instrument(engine))")
+        try:
+            import sqlalchemy
+        except ImportError:
+            c.print('SQLAlchemy is not installed: pip install "sqlalchemy>=2"; skipping this '
+                    "scene")
+            return
+        from .integrations import instrument
+
+        url = (f"postgresql+psycopg://app:{APP_PASSWORD}@{self.pg.host}:{self.pg.port}/postgres"
+               "?application_name=shop")
+        engine = sqlalchemy.create_engine(url, pool_size=2, max_overflow=0, pool_timeout=1.0)
+        handle = instrument(engine, name="shop")
+        try:
+            for month in (1, 2):
+                self.export_invoices(engine, month)
+            self.say("shop", "exported invoices twice; each export kept its session open",
+                     "yellow")
+            try:
+                with engine.connect():
+                    pass
+            except sqlalchemy.exc.TimeoutError as exc:
+                self.say("shop", f"{type(exc).__module__}.{type(exc).__qualname__} (a "
+                         "sqlalchemy.exc.TimeoutError):", "bold red")
+                c.print(escape(str(exc).split(" (Background on this error")[0]))
+        finally:
+            for session in self.cached_sessions:
+                session.close()
+            self.cached_sessions.clear()
+            handle.remove()
+            engine.dispose()
 
     def scale_out(self, clients: int = 60) -> None:
         """Scale out: ``clients`` clients at once, directly (the server refuses most: too many

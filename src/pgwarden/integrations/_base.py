@@ -1,0 +1,368 @@
+"""What every adapter shares: the handle, the leak scanner, holders, stacks, states, errors.
+
+An adapter turns one library's hooks into :class:`~pgwarden.observe.Tracker` events. Its events
+may come from several threads (and, for connections dropped by the application, from the
+garbage collector in whatever thread it runs), so each adapter serializes its tracker calls
+under its own *reentrant* lock (:attr:`Instrumentation.lock`): a collection that runs while the
+same thread is inside a tracker call must not deadlock. The tracker's own ``Tracker.lock`` is a
+plain ``threading.Lock`` and is not used here.
+
+Leak scans need a clock: one daemon thread per process (``pgwarden-leak-scan``) scans every
+live instrumentation every ``leak_threshold / 4`` seconds (at least every 1 s, at most every
+20 ms), logs the leaks outside any lock and, for the libraries that keep a strong reference to a
+checked-out connection (asyncpg, psycopg2), finds the checkouts the application dropped. It is
+started with the first instrumentation and started again in a forked child.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from ..observe import Holder, PoolStats, Sizes, TrackedConnection, Tracker
+from ..observe.holders import RawStack, skip_files
+from ..observe.registry import register, unregister
+
+__all__ = [
+    "WAITED_AFTER",
+    "ExplainedError",
+    "Instrumentation",
+    "driver_state",
+    "frames_from",
+    "package_dir",
+    "task_or_thread",
+]
+
+logger = logging.getLogger("pgwarden.integrations")
+
+#: A checkout that took longer than this (seconds) is counted as having waited
+#: (``requests_waited_total``, ``wait_seconds``). An instrumented pool does not expose its queue,
+#: so the adapters judge by the time ``getconn`` / ``acquire`` took (which includes opening a
+#: connection when the library opens one for the caller).
+WAITED_AFTER = 0.001
+
+#: libpq's ``PQtransactionStatus`` codes (psycopg 3 ``TransactionStatus``, psycopg2
+#: ``TRANSACTION_STATUS_*``) in ``pg_stat_activity.state`` words.
+_PQ_STATES = ("idle", "active", "idle in transaction", "idle in transaction (aborted)", "broken")
+
+
+def package_dir(module: Any) -> str:
+    """The directory of a package (to leave its frames out when locating holders)."""
+    return os.path.dirname(os.path.abspath(str(module.__file__))) + os.sep
+
+
+def frames_from(frame: Any, depth: int) -> RawStack:
+    """``depth`` frames from ``frame`` outwards as ``(code, f_lasti)`` pairs (the tracker's
+    raw stack format)."""
+    out = []
+    while frame is not None and depth:
+        out.append((frame.f_code, frame.f_lasti))
+        frame = frame.f_back
+        depth -= 1
+    return tuple(out)
+
+
+def task_or_thread() -> Any:
+    """The holder: the running asyncio task's name, else the current thread."""
+    loop = asyncio._get_running_loop()
+    if loop is not None:
+        task = asyncio.current_task(loop)
+        if task is not None:
+            return task.get_name()
+    return threading.current_thread()
+
+
+def driver_state(conn: Any) -> str:
+    """The transaction state of a driver connection in ``pg_stat_activity.state`` words,
+    read without I/O: psycopg 3 and psycopg2 (``conn.info.transaction_status``, libpq's),
+    asyncpg (``is_closed()``, ``is_in_transaction()``: idle or idle in transaction only)."""
+    if conn is None:
+        return "broken"
+    info = getattr(conn, "info", None)
+    status = getattr(info, "transaction_status", None)
+    if status is not None:
+        return _PQ_STATES[int(status)] if 0 <= int(status) < len(_PQ_STATES) else "unknown"
+    is_closed = getattr(conn, "is_closed", None)
+    if is_closed is not None:
+        if is_closed():
+            return "broken"
+        return "idle in transaction" if conn.is_in_transaction() else "idle"
+    return "unknown"
+
+
+def backend_pid(conn: Any) -> int:
+    """The backend pid of a driver connection, without I/O (0 where it cannot be read):
+    psycopg 3 and psycopg2 ``conn.info.backend_pid``, asyncpg ``get_server_pid()``."""
+    try:
+        info = getattr(conn, "info", None)
+        pid = getattr(info, "backend_pid", None)
+        if pid is None:
+            getter = getattr(conn, "get_server_pid", None) or getattr(conn, "get_backend_pid",
+                                                                      None)
+            pid = getter() if getter is not None else 0
+        return int(pid or 0)
+    except Exception:
+        return 0
+
+
+class ExplainedError:
+    """Mixed into each library's exhaustion exception (a subclass of the library's own, so
+    every ``except`` that caught it still does).
+
+    Attributes:
+        pool: the instrumented pool's name.
+        holders: who held the pool's connections when it gave up, longest first
+            (:class:`~pgwarden.observe.Holder`).
+        explanation: the pool's state and longest holders as appended to the message.
+    """
+
+    pool: str = ""
+    holders: list[Holder]
+    explanation: str = ""
+
+
+class _Scanner:
+    """One daemon thread per process scanning every live instrumentation for leaks."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.handles: weakref.WeakSet[Instrumentation] = weakref.WeakSet()
+        self.wake = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def add(self, handle: Instrumentation) -> None:
+        with self.lock:
+            self.handles.add(handle)
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self.run, name="pgwarden-leak-scan",
+                                               daemon=True)
+                self.thread.start()
+        self.wake.set()
+
+    def discard(self, handle: Instrumentation) -> None:
+        with self.lock:
+            self.handles.discard(handle)
+
+    def interval(self, handles: list[Instrumentation]) -> float:
+        thresholds = [h.tracker.leak_threshold for h in handles
+                      if h.tracker.leak_threshold is not None]
+        return max(0.02, min([1.0, *(t / 4 for t in thresholds)]))
+
+    def tick(self) -> float:
+        """Scan every instrumentation once; return the seconds until the next scan."""
+        with self.lock:
+            handles = list(self.handles)
+        for handle in handles:
+            try:
+                handle.scan()
+            except Exception:  # a scan must never kill the scanner
+                logger.exception("leak scan of pool %r failed", handle.tracker.name)
+        return self.interval(handles)
+
+    def run(self) -> None:
+        while True:
+            self.wake.wait(self.tick())  # no handle is held while asleep
+            self.wake.clear()
+
+    def after_fork_in_child(self) -> None:
+        # the parent's thread does not exist here: start another if anything is instrumented
+        self.lock = threading.Lock()
+        self.thread = None
+        handles = list(self.handles)
+        for h in handles:
+            h._after_fork_in_child()
+        if handles:
+            self.add(handles[0])
+
+
+_scanner = _Scanner()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_scanner.after_fork_in_child)
+
+
+class Instrumentation:
+    """The handle :func:`pgwarden.instrument` returns for one instrumented pool.
+
+    Attributes:
+        target: what was instrumented (the engine, pool, ...).
+        tracker: its :class:`~pgwarden.observe.Tracker` (listed in
+            :func:`pgwarden.observe.trackers` until :meth:`remove`).
+        lock: the reentrant lock the adapter's tracker calls run under.
+        removed: :meth:`remove` was called.
+    """
+
+    library: ClassVar[str] = ""
+    #: Frames kept per checkout (innermost first) by this adapter.
+    stack_depth: int = 8
+
+    def __init__(self, target: Any, *, name: str, leak_threshold: float | None,
+                 sizes: Callable[[], Sizes] | None, reclaim: bool = True) -> None:
+        self.target = target
+        self.lock = threading.RLock()
+        self.removed = False
+        self.reclaim = reclaim
+        self.capture = leak_threshold is not None
+        #: checkouts the library holds strongly: ``id(obj) -> (record, obj)`` (asyncpg, psycopg2)
+        self._out: dict[int, tuple[TrackedConnection, Any]] = {}
+        #: connections the garbage collector took, reported by the next scan: a weakref
+        #: callback runs wherever a collection happens to run, so it only appends here (no
+        #: lock, no logging at collection time)
+        self._gone: collections.deque[TrackedConnection] = collections.deque()
+        self.tracker = Tracker(name, library=self.library, leak_threshold=leak_threshold,
+                               sizes=sizes, state_of=self._state_of, register=False)
+
+    def _start(self) -> None:
+        """Make it visible: list the tracker, start the leak scans."""
+        register(self.tracker)
+        _scanner.add(self)
+
+    # -- what the application asks ------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The pool's name (logs, errors, metrics)."""
+        return self.tracker.name
+
+    def holders(self) -> list[Holder]:
+        """Who holds the pool's checked-out connections now, longest held first."""
+        with self.lock:
+            return self.tracker.holders()
+
+    def stats(self) -> PoolStats:
+        """Counters, gauges and timings (:class:`~pgwarden.observe.PoolStats`)."""
+        with self.lock:
+            return self.tracker.stats()
+
+    def explain(self, *, limit: int = 3) -> str:
+        """The pool's state and its ``limit`` longest holders, as exhaustion errors say it."""
+        with self.lock:
+            return self.tracker.explain(limit=limit)
+
+    def remove(self) -> None:
+        """Undo the instrumentation: the library's hooks and methods are as before, its
+        exhaustion errors are its own again, the tracker leaves
+        :func:`pgwarden.observe.trackers`. Idempotent; ``pgwarden.instrument`` on the same
+        target afterwards instruments it anew."""
+        if self.removed:
+            return
+        self.removed = True
+        _scanner.discard(self)
+        unregister(self.tracker)
+        self._undo()
+
+    close = remove
+
+    def __enter__(self) -> Instrumentation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        state = "removed" if self.removed else "active"
+        return f"<{type(self).__name__} {self.name!r} ({self.library}, {state})>"
+
+    # -- for the adapters ---------------------------------------------------------------------
+
+    def _undo(self) -> None:
+        raise NotImplementedError
+
+    def _driver_connection(self, rec: TrackedConnection) -> Any:
+        """The driver connection of a record (adapters store it differently)."""
+        conn = rec.connection
+        return conn() if isinstance(conn, weakref.ref) else conn
+
+    def _state_of(self, rec: TrackedConnection) -> str:
+        return driver_state(self._driver_connection(rec))
+
+    def _adopt(self, rec: TrackedConnection) -> TrackedConnection:
+        """A connection opened before the pool was instrumented: track it without counting it
+        as opened."""
+        self.tracker.records.add(rec)
+        return rec
+
+    def _explained(self, cls: type[BaseException], original: BaseException,
+                   default: str = "") -> BaseException:
+        """An instance of ``cls`` (the library's exception subclassed with
+        :class:`ExplainedError`): the original message first, then the pool's state and its
+        longest holders."""
+        with self.lock:
+            text = self.tracker.explain()
+            holders = self.tracker.holders()
+        first = str(original.args[0]) if original.args else (str(original) or default)
+        err = cls(f"{first}: {text}" if first else text)
+        err.pool = self.name  # type: ignore[attr-defined]
+        err.holders = holders  # type: ignore[attr-defined]
+        err.explanation = text  # type: ignore[attr-defined]
+        return err
+
+    def scan(self) -> None:
+        """One leak scan (the scanner thread calls it): log checkouts held past the leak
+        threshold once, and report (and reclaim) checkouts the application dropped."""
+        if self.removed:
+            return
+        with self.lock:
+            while self._gone:
+                rec = self._gone.popleft()
+                if rec.out:
+                    self.tracker.collected(rec)
+                self.tracker.closed(rec)
+            leaks = self.tracker.leak_scan()
+            dropped = self._find_dropped() if self._out else []
+            for _key, rec, _obj in dropped:
+                self.tracker.collected(rec)
+        self.tracker.report_leaks(leaks)
+        for key, rec, obj in dropped:
+            if self.reclaim:
+                self._reclaim(key, rec, obj)
+
+    # Libraries that keep a strong reference to a checked-out connection (asyncpg's holder and
+    # connection point at the proxy, psycopg2's ``_used`` at the connection) never let the
+    # garbage collector see it dropped. ``_internal_refs`` says how many references the library
+    # itself holds; when the object's reference count is exactly that plus the three of this
+    # scan (the ``_out`` entry, the loop variable, ``getrefcount``'s argument), nothing in the
+    # application can reach it any more. (CPython reference counts.)
+    _SCAN_REFS = 3
+
+    def _internal_refs(self, obj: Any) -> int | None:
+        return None
+
+    def _find_dropped(self) -> list[tuple[int, TrackedConnection, Any]]:
+        found = []
+        for key, entry in list(self._out.items()):
+            rec, obj = entry
+            if not rec.out:
+                continue
+            internal = self._internal_refs(obj)
+            if internal is not None and sys.getrefcount(obj) == internal + self._SCAN_REFS:
+                found.append((key, rec, obj))
+            del obj
+        return found
+
+    def _reclaim(self, key: int, rec: TrackedConnection, obj: Any) -> None:
+        """Give a dropped checkout back to its pool (adapters whose library allows it)."""
+
+    def _after_fork_in_child(self) -> None:
+        """The checkouts recorded before a fork belong to the parent's threads."""
+        self.lock = threading.RLock()
+        for rec in list(self.tracker.records):
+            rec.out = False
+            rec.handle = None
+        self._out.clear()
+
+
+def skip_library(module: Any) -> None:
+    """Leave a pooled library's frames out when locating holders."""
+    skip_files(package_dir(module))
+
+
+def now() -> float:
+    return time.monotonic()

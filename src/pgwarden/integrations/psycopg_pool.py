@@ -1,0 +1,257 @@
+"""psycopg_pool: ``ConnectionPool`` and ``AsyncConnectionPool``.
+
+psycopg_pool has no event hooks (``configure``, ``check`` and ``reset`` are constructor
+arguments, so an existing pool cannot be given them). The instrumentation sets instance
+attributes over three methods of the pool object (the class is untouched; :meth:`remove` deletes
+them):
+
+- ``getconn`` (public; ``connection()`` calls ``self.getconn``, so both are covered): counts the
+  waiting callers, records the checkout, turns ``PoolTimeout`` into
+  :class:`ExplainedPoolTimeout`;
+- ``putconn`` (public; ``connection()`` and Django call it): records the return *before* the
+  pool can hand the connection to a waiting caller;
+- ``_connect`` (PRIVATE API, :func:`_wrap_connect`): times each new connection and reads its
+  backend pid once (``conn.info.backend_pid``).
+
+Each connection is kept as a weak reference with a callback: when psycopg_pool drops a
+connection it closed, the record goes; when the application drops one it never returned, it is
+reported as collected by the next leak scan (psycopg_pool cannot take that slot back: it stays
+counted in the pool's size until the pool is closed, as without pgwarden). Tested with
+psycopg_pool 3.2.0 and 3.3.3 (pyproject pins ``psycopg_pool>=3.2,<3.4``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import psycopg_pool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
+
+from ..observe import Sizes, TrackedConnection
+from ..observe.holders import capture_stack
+from ._base import WAITED_AFTER, ExplainedError, Instrumentation, backend_pid, task_or_thread
+from ._base import skip_library as _skip_library
+
+__all__ = ["ExplainedPoolTimeout", "PsycopgPoolInstrumentation", "instrument",
+           "instrumentation_of"]
+
+_skip_library(psycopg_pool)
+
+_ATTR = "_pgwarden_instrumentation"
+_WRAPPED = ("getconn", "putconn", "_connect")
+
+
+class ExplainedPoolTimeout(PoolTimeout, ExplainedError):
+    """``psycopg_pool.PoolTimeout`` ("couldn't get a connection after 30.00 sec") followed by
+    the pool's state and its longest holders (:class:`~pgwarden.integrations.ExplainedError`)."""
+
+
+class PsycopgPoolInstrumentation(Instrumentation):
+    """The handle of an instrumented psycopg_pool pool (see the module docstring)."""
+
+    library = "psycopg_pool"
+
+    def __init__(self, pool: Any, *, name: str, leak_threshold: float | None,
+                 reclaim: bool) -> None:
+        self.pool = pool
+        self.is_async = isinstance(pool, AsyncConnectionPool)
+        self._recs: dict[int, TrackedConnection] = {}
+        super().__init__(pool, name=name, leak_threshold=leak_threshold, sizes=self._sizes,
+                         reclaim=reclaim)
+        if self.is_async:
+            _wrap_async(self, pool)
+        else:
+            _wrap_sync(self, pool)
+        self._start()
+
+    def _sizes(self) -> Sizes:
+        s = self.pool.get_stats()
+        size, idle = s.get("pool_size", 0), s.get("pool_available", 0)
+        return Sizes(open=size, idle=idle, in_use=max(0, size - idle),
+                     min_size=self.pool.min_size, max_size=self.pool.max_size)
+
+    def _record(self, conn: Any, elapsed: float | None) -> TrackedConnection:
+        """Track a connection (``elapsed``: seconds it took to open; ``None``: it was open
+        before the pool was instrumented)."""
+        key = id(conn)
+        rec = TrackedConnection(backend_pid(conn))
+        rec.connection = weakref.ref(conn, self._collector(key, rec))
+        self._recs[key] = rec
+        with self.lock:
+            if elapsed is None:
+                self._adopt(rec)
+            else:
+                self.tracker.connected(rec, elapsed)
+        return rec
+
+    def _collector(self, key: int, rec: TrackedConnection) -> Callable[[Any], None]:
+        wself = weakref.ref(self)
+
+        def gone(_ref: Any) -> None:
+            handle = wself()
+            if handle is None or handle.removed:
+                return
+            if handle._recs.get(key) is rec:
+                del handle._recs[key]
+            handle._gone.append(rec)  # reported by the next leak scan
+
+        return gone
+
+    def _checked_out(self, conn: Any, t0: float, stack: Any) -> None:
+        rec = self._recs.get(id(conn))
+        if rec is None or rec.connection() is not conn:
+            rec = self._record(conn, None)
+        now = time.monotonic()
+        holder = task_or_thread() if self.is_async else threading.current_thread()
+        with self.lock:
+            self.tracker.requests_waiting -= 1
+            self.tracker.checkout(rec, holder, stack, now)
+            if now - t0 > WAITED_AFTER:
+                self.tracker.waited(now - t0)
+
+    def _gave_up(self, exc: BaseException, t0: float) -> BaseException | None:
+        err = None
+        with self.lock:
+            if isinstance(exc, PoolTimeout):
+                self.tracker.timed_out(time.monotonic() - t0)
+                if not isinstance(exc, ExplainedPoolTimeout):
+                    # explained while this caller still counts as waiting
+                    err = self._explained(ExplainedPoolTimeout, exc)
+            elif isinstance(exc, Exception):
+                self.tracker.failed()
+            self.tracker.requests_waiting -= 1
+        return err
+
+    def _returning(self, conn: Any) -> None:
+        rec = self._recs.get(id(conn))
+        if rec is not None and rec.out:
+            with self.lock:
+                self.tracker.checkin(rec, time.monotonic())
+
+    def _undo(self) -> None:
+        for attr in _WRAPPED:
+            fn = self.pool.__dict__.get(attr)
+            if fn is not None and getattr(fn, "__pgwarden__", False):
+                del self.pool.__dict__[attr]
+        self.pool.__dict__.pop(_ATTR, None)
+
+
+def _wrap_sync(handle: PsycopgPoolInstrumentation, pool: ConnectionPool[Any]) -> None:
+    getconn, putconn = pool.getconn, pool.putconn
+    tracker, lock, capture = handle.tracker, handle.lock, handle.capture
+
+    def wrapped_getconn(timeout: float | None = None) -> Any:
+        with lock:
+            tracker.requests_waiting += 1
+        t0 = time.monotonic()
+        try:
+            conn = getconn(timeout)
+        except BaseException as e:
+            err = handle._gave_up(e, t0)
+            if err is not None:
+                raise err from None
+            raise
+        handle._checked_out(conn, t0, capture_stack(2, handle.stack_depth) if capture else ())
+        return conn
+
+    def wrapped_putconn(conn: Any) -> None:
+        handle._returning(conn)
+        putconn(conn)
+
+    _set(pool, "getconn", wrapped_getconn)
+    _set(pool, "putconn", wrapped_putconn)
+    _wrap_connect(handle, pool)
+
+
+def _wrap_async(handle: PsycopgPoolInstrumentation, pool: AsyncConnectionPool[Any]) -> None:
+    getconn, putconn = pool.getconn, pool.putconn
+    tracker, lock, capture = handle.tracker, handle.lock, handle.capture
+
+    async def wrapped_getconn(timeout: float | None = None) -> Any:
+        with lock:
+            tracker.requests_waiting += 1
+        t0 = time.monotonic()
+        try:
+            conn = await getconn(timeout)
+        except BaseException as e:
+            err = handle._gave_up(e, t0)
+            if err is not None:
+                raise err from None
+            raise
+        handle._checked_out(conn, t0, capture_stack(2, handle.stack_depth) if capture else ())
+        return conn
+
+    async def wrapped_putconn(conn: Any) -> None:
+        handle._returning(conn)
+        await putconn(conn)
+
+    _set(pool, "getconn", wrapped_getconn)
+    _set(pool, "putconn", wrapped_putconn)
+    _wrap_connect(handle, pool)
+
+
+def _wrap_connect(handle: PsycopgPoolInstrumentation, pool: Any) -> None:
+    """PRIVATE API: wrap the pool instance's ``_connect(timeout=None)`` (psycopg_pool opens
+    every connection through it, in its worker threads or tasks) to time new connections and
+    track them from the start."""
+    original = pool._connect
+
+    async def wrapped_async(timeout: float | None = None) -> Any:
+        t0 = time.monotonic()
+        try:
+            conn = await original(timeout)
+        except BaseException:
+            with handle.lock:
+                handle.tracker.connect_failed()
+            raise
+        handle._record(conn, time.monotonic() - t0)
+        return conn
+
+    def wrapped(timeout: float | None = None) -> Any:
+        t0 = time.monotonic()
+        try:
+            conn = original(timeout)
+        except BaseException:
+            with handle.lock:
+                handle.tracker.connect_failed()
+            raise
+        handle._record(conn, time.monotonic() - t0)
+        return conn
+
+    _set(pool, "_connect", wrapped_async if handle.is_async else wrapped)
+
+
+def _set(pool: Any, attr: str, fn: Any) -> None:
+    fn.__pgwarden__ = True
+    setattr(pool, attr, fn)
+
+
+def instrumentation_of(pool: Any) -> PsycopgPoolInstrumentation | None:
+    """The active instrumentation of a psycopg_pool pool, or ``None``."""
+    handle = getattr(pool, "__dict__", {}).get(_ATTR)
+    return handle if isinstance(handle, PsycopgPoolInstrumentation) and not handle.removed \
+        else None
+
+
+def instrument(pool: Any, *, name: str | None = None, leak_threshold: float | None = 60.0,
+               reclaim: bool = True) -> PsycopgPoolInstrumentation:
+    """Instrument a psycopg_pool ``ConnectionPool`` or ``AsyncConnectionPool`` (see
+    :func:`pgwarden.instrument`); an instrumented one returns its handle.
+
+    Raises:
+        TypeError: ``pool`` is not a psycopg_pool pool (the null pools are pools too).
+    """
+    if not isinstance(pool, (ConnectionPool, AsyncConnectionPool)):
+        raise TypeError(f"pgwarden.instrument(): {type(pool).__qualname__} is not a psycopg_pool "
+                        "ConnectionPool or AsyncConnectionPool")
+    existing = instrumentation_of(pool)
+    if existing is not None:
+        return existing
+    handle = PsycopgPoolInstrumentation(pool, name=name or pool.name,
+                                        leak_threshold=leak_threshold, reclaim=reclaim)
+    setattr(pool, _ATTR, handle)
+    return handle
