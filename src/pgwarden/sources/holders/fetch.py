@@ -48,10 +48,9 @@ def _shown(text: str) -> str:
     """``text`` as given, fit for a report: credentials and passwords masked (``redact``, and
     any ``user:password@`` of a URL), one short line."""
     out = " ".join(redact(text).split())
-    scheme, sep, rest = out.rpartition("://")
-    netloc, slash, tail = rest.partition("/")
-    if "@" in netloc:  # user:password@host: nothing of it is shown
-        out = f"{scheme}{sep}***@{netloc.rpartition('@')[2]}{slash}{tail}"
+    scheme, sep, rest = out.partition("://") if "://" in out else ("", "", out)
+    if "@" in rest:  # user:password@host (however malformed): nothing before the @ is shown
+        out = f"{scheme}{sep}***@{rest.rpartition('@')[2]}"
     out = "".join(ch if ch.isprintable() else "?" for ch in out)
     return out if len(out) <= 200 else out[:197] + "..."
 
@@ -72,8 +71,8 @@ def normalize_url(text: str) -> tuple[str, str]:
     try:
         parts = urllib.parse.urlsplit(raw)
         port = parts.port
-    except ValueError as exc:
-        raise ValueError(str(exc)) from None
+    except ValueError:
+        raise ValueError("not a URL with a valid port") from None
     if parts.scheme not in ("http", "https"):
         raise ValueError("only http:// and https:// URLs are read")
     if parts.username is not None or parts.password is not None:
