@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -134,6 +135,7 @@ class LabelCap:
         return cls(Counter(values), top)
 
 
+@functools.lru_cache(maxsize=256)
 def _go_float(value: float) -> str:
     """A bucket bound as Prometheus writes it (``+Inf``, ``0.005``)."""
     return str(floatToGoString(value))  # type: ignore[no-untyped-call]
