@@ -109,7 +109,7 @@ def test_doctor_status_and_top_show_the_code_holding_each_pid(
     assert res.returncode == 1, res.stdout + res.stderr  # the idle-in-transaction warning
     line = one_line(res.stdout, f"pid {app.in_tx_pid} (api) idle in transaction")
     assert f"checked out at {tx_at} by worker-3, held " in line
-    assert "2 checked-out connections reported by 1 of 1 --holders URLs; 2 held sessions " \
+    assert "2 checked-out connections reported by 1 of 1 --holders URL; 2 held sessions " \
            "on this server" in res.stdout
     assert pg.password not in res.stdout + res.stderr
 

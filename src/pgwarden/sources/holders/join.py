@@ -105,11 +105,11 @@ class HolderJoin:
 
     def summary(self) -> str:
         """``3 checked-out connections reported by 2 of 2 --holders URLs; 3 held sessions on
-        this server``, and what did not join."""
+        this server``, and how many did not join."""
         ok = sum(1 for s in self.sources if s.error is None)
-        text = (f"{self.holders} checked-out connections reported by {ok} of "
-                f"{len(self.sources)} --holders URLs; {len(self.sessions)} held sessions "
-                "on this server")
+        text = (f"{_n(self.holders, 'checked-out connection')} reported by {ok} of "
+                f"{_n(len(self.sources), '--holders URL')}; "
+                f"{_n(len(self.sessions), 'held session')} on this server")
         if self.unmatched:
             text += (f"; {len(self.unmatched)} with a pid that is no session here (another "
                      "server, ended since, or through PgBouncer)")
@@ -122,6 +122,10 @@ class HolderJoin:
             "unmatched": [h.as_dict() for h in self.unmatched],
             "warnings": list(self.warnings),
         }
+
+
+def _n(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def join(sessions: Iterable[Session], sources: Sequence[HolderSource]) -> HolderJoin:
