@@ -27,7 +27,7 @@ from pgwarden.metrics import (
     register_pool_metrics,
     serve_pool_metrics,
 )
-from pgwarden.metrics.pools import PoolNames
+from pgwarden.metrics.pools import PoolCollector, PoolNames
 from pgwarden.observe import TrackedConnection, Tracker
 
 from ..pool.both import eventually, kind, make_pool
@@ -157,9 +157,11 @@ def test_register_is_idempotent_and_refuses_multiprocess_mode(
     registry = CollectorRegistry()
     first = register_pool_metrics(registry)
     assert register_pool_metrics(registry) is first
-    text = generate_latest(registry).decode()
-    for spec in POOL_METRICS:
-        assert f"# TYPE {spec.name} " in text or spec.name not in text
+    # the collector declares its names: a second one on the same registry is refused
+    with pytest.raises(ValueError, match="Duplicated timeseries"):
+        registry.register(PoolCollector())
+    assert {spec.name for spec in POOL_METRICS} <= {
+        m.name for m in PoolCollector().describe()}
     with pytest.raises(ConfigError, match="max_pools"):
         register_pool_metrics(CollectorRegistry(), max_pools=0)
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
