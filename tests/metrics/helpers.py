@@ -3,15 +3,21 @@ prometheus_client's own parser."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -121,3 +127,37 @@ def start_pgwarden(*args: str) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG") and k != "DATABASE_URL"}
     return subprocess.Popen([sys.executable, "-m", "pgwarden", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
+
+
+def prometheus_query(base: str, promql: str) -> list[dict[str, Any]]:
+    """The result of an instant PromQL query on a Prometheus server at ``base``."""
+    body = json.loads(http_get(f"{base}/api/v1/query?query={urllib.parse.quote(promql)}"))
+    assert body["status"] == "success", body
+    result: list[dict[str, Any]] = body["data"]["result"]
+    return result
+
+
+@contextlib.contextmanager
+def real_prometheus(tmp_path: Path, job: str, target: str,
+                    metrics_path: str = "/metrics") -> Iterator[str]:
+    """A real Prometheus server (the Debian package) on a free loopback port scraping
+    ``target`` (``HOST:PORT``) every second as job ``job``; yields its base URL. Skips where
+    prometheus is not installed (``.ci/run`` installs it)."""
+    prometheus = shutil.which("prometheus")
+    if prometheus is None:
+        pytest.skip("prometheus not installed (Debian package prometheus; .ci/run installs it)")
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        f"scrape_configs:\n  - job_name: {job}\n    metrics_path: {metrics_path}\n"
+        f"    static_configs:\n      - targets: ['{target}']\n")
+    port = free_port()
+    server = subprocess.Popen(
+        [prometheus, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(30)

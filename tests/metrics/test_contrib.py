@@ -11,16 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from pgwarden.metrics import GUARD_METRICS, SERVER_METRICS
+from pgwarden.metrics import GUARD_METRICS, POOL_METRICS, SERVER_METRICS
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "contrib" / "prometheus" / "pgwarden-alerts.yml"
 RULE_TESTS = ROOT / "contrib" / "prometheus" / "pgwarden-alerts.test.yml"
 DASHBOARD = ROOT / "contrib" / "grafana" / "pgwarden.json"
-#: The pools' metrics the rules and the dashboard are written against (served by the pools).
-POOL_METRICS = {"pgwarden_pool_requests_waiting", "pgwarden_pool_timeouts_total",
-                "pgwarden_pool_leaks_total"}
-SERVED = {s.exposed_name for s in SERVER_METRICS} | POOL_METRICS | {"up"}
+#: The pools' metrics the rules and the dashboard were written against.
+USED_POOL_METRICS = {"pgwarden_pool_requests_waiting", "pgwarden_pool_timeouts_total",
+                     "pgwarden_pool_leaks_total"}
+POOL_SERIES = {s.exposed_name + suffix for s in POOL_METRICS
+               for suffix in (("_bucket", "_count", "_sum") if s.kind == "histogram" else ("",))}
+SERVED = {s.exposed_name for s in SERVER_METRICS} | POOL_SERIES | {"up"}
 
 
 def promtool() -> str:
@@ -56,15 +58,16 @@ def test_rules_and_dashboard_use_only_metrics_pgwarden_serves() -> None:
     used = set().union(*(_metric_names(e) for e in exprs))
     assert used - SERVED == set()
     assert {"pgwarden_slots_usage_ratio", "pgwarden_oldest_idle_in_transaction_seconds",
-            "pgwarden_up"} | POOL_METRICS <= used
+            "pgwarden_up"} | USED_POOL_METRICS <= used
+    assert USED_POOL_METRICS <= POOL_SERIES  # the names contrib was written against are served
 
 
 def test_every_metric_is_documented() -> None:
     docs = (ROOT / "docs" / "exporter.md").read_text()
     readme = (ROOT / "README.md").read_text()
-    for spec in (*SERVER_METRICS, *GUARD_METRICS):
+    for spec in (*SERVER_METRICS, *GUARD_METRICS, *POOL_METRICS):
         assert f"`{spec.exposed_name}`" in docs, spec.exposed_name
-    for spec in SERVER_METRICS:
+    for spec in (*SERVER_METRICS, *POOL_METRICS):
         assert f"`{spec.exposed_name}`" in readme, spec.exposed_name
 
 

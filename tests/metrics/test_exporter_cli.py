@@ -3,12 +3,8 @@ server scraping it on loopback and answering PromQL about it."""
 
 from __future__ import annotations
 
-import json
-import shutil
 import signal
 import socket
-import subprocess
-import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -24,6 +20,8 @@ from .helpers import (
     mon_dsn,
     parse,
     pgwarden,
+    prometheus_query,
+    real_prometheus,
     start_pgwarden,
     value,
     wait_until,
@@ -76,49 +74,29 @@ def test_once_prints_metrics_and_exits_3_when_a_target_is_down(mpg: EmbeddedPost
     assert "x@127.0.0.1:1/x: pgwarden_up 0: cannot connect" in line
 
 
-def _prometheus_query(base: str, promql: str) -> list[dict[str, object]]:
-    body = json.loads(http_get(f"{base}/api/v1/query?query={urllib.parse.quote(promql)}"))
-    assert body["status"] == "success", body
-    result: list[dict[str, object]] = body["data"]["result"]
-    return result
-
-
 @pytest.mark.slow
 def test_a_real_prometheus_scrapes_the_exporter(mpg: EmbeddedPostgres, sessions: Sessions,
                                                 tmp_path: Path) -> None:
-    prometheus = shutil.which("prometheus")
-    if prometheus is None:
-        pytest.skip("prometheus not installed (Debian package prometheus; .ci/run installs it)")
     sessions.open(mpg, 3, application_name="prom-app", state="idle in transaction", **app())
-    exp_port, prom_port = free_port(), free_port()
+    exp_port = free_port()
     exporter = start_pgwarden("exporter", "--dsn", mon_dsn(mpg), "--listen",
                               f"127.0.0.1:{exp_port}")
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-        "scrape_configs:\n  - job_name: pgwarden\n    static_configs:\n"
-        f"      - targets: ['127.0.0.1:{exp_port}']\n")
-    server = subprocess.Popen(
-        [prometheus, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
-         f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{prom_port}"
     try:
-        wait_until(lambda: "pgwarden_up 1.0" in http_get(f"http://127.0.0.1:{exp_port}/metrics"))
-        result = wait_until(lambda: _prometheus_query(
-            base, 'sum(pgwarden_sessions{application="prom-app",state="idle in transaction"})'),
-            timeout=60)
-        assert float(result[0]["value"][1]) == 3  # type: ignore[index]
-        [up] = wait_until(lambda: _prometheus_query(base, 'pgwarden_up{job="pgwarden"}'))
-        assert up["value"][1] == "1"  # type: ignore[index]
-        [scrape_up] = _prometheus_query(base, 'up{job="pgwarden"}')
-        assert scrape_up["value"][1] == "1"  # type: ignore[index]
-        [age] = _prometheus_query(
-            base, 'pgwarden_oldest_idle_in_transaction_seconds{application="prom-app"}')
-        assert float(age["value"][1]) >= 0  # type: ignore[index]
+        with real_prometheus(tmp_path, "pgwarden", f"127.0.0.1:{exp_port}") as base:
+            wait_until(lambda: "pgwarden_up 1.0" in http_get(
+                f"http://127.0.0.1:{exp_port}/metrics"))
+            result = wait_until(lambda: prometheus_query(
+                base, 'sum(pgwarden_sessions{application="prom-app",'
+                      'state="idle in transaction"})'), timeout=60)
+            assert float(result[0]["value"][1]) == 3
+            [up] = wait_until(lambda: prometheus_query(base, 'pgwarden_up{job="pgwarden"}'))
+            assert up["value"][1] == "1"
+            [scrape_up] = prometheus_query(base, 'up{job="pgwarden"}')
+            assert scrape_up["value"][1] == "1"
+            [age] = prometheus_query(
+                base, 'pgwarden_oldest_idle_in_transaction_seconds{application="prom-app"}')
+            assert float(age["value"][1]) >= 0
     finally:
-        server.terminate()
-        server.wait(30)
         exporter.send_signal(signal.SIGTERM)
         out, err = exporter.communicate(timeout=30)
     assert exporter.returncode == 0, err

@@ -14,6 +14,7 @@ from .options import (
     connect_timeout_option,
     dsn_option,
     format_option,
+    holders_options,
     resolve_target,
     seconds_option,
 )
@@ -52,15 +53,18 @@ __all__ = ["doctor"]
                 "Session-mode PgBouncer clients idle longer count as holding a server idly.")
 @click.option("--pgbouncer-idle-clients", type=click.IntRange(min=1), default=5,
               show_default=True, help="Idle session-mode clients one pool must have.")
+@holders_options
 @click.pass_context
 def doctor(ctx: click.Context, dsn: str | None, connect_timeout: float, fmt: str,
            idle_after: float, idle_in_transaction_after: float, long_query_after: float,
            idle_min_sessions: int, saturation_warning: float, saturation_critical: float,
            churn_rate: float, sample: float, pgbouncer_dsn: str | None,
            pgbouncer_wait_after: float, pgbouncer_idle_after: float,
-           pgbouncer_idle_clients: int) -> None:
+           pgbouncer_idle_clients: int, holders: tuple[str, ...],
+           holders_timeout: float) -> None:
     """Findings about who holds the connection slots, most severe first, each with the
-    evidence (applications, backend pids, ages) and the fix.
+    evidence (applications, backend pids, ages) and the fix; with --holders, the application
+    code holding each pid (pool, thread or task, file:line, how long).
 
     Exit code: 0 ok or info only, 1 warning, 2 critical, 3 cannot connect or lost the server."""
     try:
@@ -86,7 +90,8 @@ def doctor(ctx: click.Context, dsn: str | None, connect_timeout: float, fmt: str
     if dsn is not None or bouncer is None:
         target = resolve_target(dsn, command="doctor", connect_timeout=connect_timeout)
     result = examine(target, thresholds=thresholds, sample=sample, pgbouncer=bouncer,
-                     bouncer_thresholds=bouncer_thresholds)
+                     bouncer_thresholds=bouncer_thresholds, holders=holders,
+                     holders_timeout=holders_timeout)
     with report():
         if fmt == "json":
             emit_json(result.as_dict())

@@ -23,6 +23,7 @@ __all__ = [
     "dsn_option",
     "extra_module",
     "format_option",
+    "holders_options",
     "resolve_target",
     "seconds_option",
 ]
@@ -85,6 +86,22 @@ def format_option(func: _F) -> _F:
         show_default=True,
         help="Output format.",
     )(func)
+
+
+def holders_options(func: _F) -> _F:
+    """``--holders URL`` (repeatable) and ``--holders-timeout SECONDS``: applications'
+    holders endpoints (:func:`pgwarden.metrics.serve_holders`), joined to the server's sessions
+    by backend pid. A URL that fails is a warning line in the report, never an error."""
+    func = click.option(
+        "--holders-timeout", type=click.FloatRange(min=0.1, max=60.0), default=2.0,
+        show_default=True, metavar="SECONDS",
+        help="Seconds to wait for each --holders URL.")(func)
+    return click.option(
+        "--holders", "holders", multiple=True, metavar="URL",
+        help="An application's holders endpoint (pgwarden.metrics.serve_holders), e.g. "
+        "http://127.0.0.1:9188/holders; repeatable (one per process). Shows next to each "
+        "backend pid the pool, thread or task, file:line and function holding it, and for how "
+        "long.")(func)
 
 
 def seconds_option(name: str, default: float, help_: str) -> Callable[[_F], _F]:

@@ -16,7 +16,13 @@ from ..guard.policy import Protection
 from ..top.live import Source
 from ..top.model import FILTER_FIELDS, SORT_KEYS, View
 from ..top.render import render_frame
-from .options import connect_timeout_option, dsn_option, extra_module, resolve_target
+from .options import (
+    connect_timeout_option,
+    dsn_option,
+    extra_module,
+    holders_options,
+    resolve_target,
+)
 from .output import console, report
 
 __all__ = ["top"]
@@ -41,17 +47,21 @@ __all__ = ["top"]
 @click.option("--hide-idle", is_flag=True, help="Leave idle sessions out.")
 @click.option("--allow-superuser", is_flag=True,
               help="Let cancel / terminate touch superusers' sessions (protected by default).")
+@holders_options
 def top(dsn: str | None, connect_timeout: float, once: bool, interval: float, sort: str,
         ascending: bool, application: str, user: str, database: str, state: str,
-        hide_idle: bool, allow_superuser: bool) -> None:
+        hide_idle: bool, allow_superuser: bool, holders: tuple[str, ...],
+        holders_timeout: float) -> None:
     """A live view of the server's sessions: usage bar, sessions table (sortable, filterable),
-    cancel or terminate a session after confirmation. Works for a role without pg_monitor
-    (and says what it cannot see). Docs: docs/top.md"""
+    cancel or terminate a session after confirmation; with --holders, the application code
+    holding each session. Works for a role without pg_monitor (and says what it cannot see).
+    Docs: docs/top.md"""
     view = View(sort=sort, descending=not ascending, hide_idle=hide_idle)
     for name, value in zip(FILTER_FIELDS, (application, user, database, state), strict=True):
         view = view.with_filter(name, value)
     target = resolve_target(dsn, command="top", connect_timeout=connect_timeout)
-    source = Source(target, protection=Protection(allow_superuser=allow_superuser))
+    source = Source(target, protection=Protection(allow_superuser=allow_superuser),
+                    holders=holders, holders_timeout=holders_timeout)
     try:
         if once or not sys.stdout.isatty():
             source.take()

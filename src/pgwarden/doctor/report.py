@@ -16,19 +16,20 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from ..sources.holders import HolderJoin
 from ..sources.pgbouncer.join import server_sessions
 from ..sources.pgbouncer.records import BouncerSnapshot
 from ..sources.postgres.records import IDLE, Session, Snapshot
 from .rules import Finding, status_of
 
-__all__ = ["Report", "bouncer_summary", "render_bouncer", "render_report", "render_status",
-           "server_info", "summary"]
+__all__ = ["Report", "bouncer_summary", "render_bouncer", "render_holders", "render_report",
+           "render_status", "server_info", "summary"]
 
 _STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan", "ok": "green"}
 
 
-def _session_brief(s: Session) -> dict[str, Any]:
-    return {
+def _session_brief(s: Session, holders: HolderJoin | None = None) -> dict[str, Any]:
+    out = {
         "pid": s.pid,
         "application": s.application,
         "user": s.user,
@@ -40,6 +41,10 @@ def _session_brief(s: Session) -> dict[str, Any]:
         "backend_seconds": round(s.backend_age, 1) if s.backend_age is not None else None,
         "query": s.query,
     }
+    if holders is not None:
+        held = holders.of(s.pid)
+        out["holder"] = held.holder.as_dict() if held is not None else None
+    return out
 
 
 def server_info(snap: Snapshot) -> dict[str, Any]:
@@ -62,9 +67,11 @@ def server_info(snap: Snapshot) -> dict[str, Any]:
     }
 
 
-def summary(snap: Snapshot, *, oldest: int = 5) -> dict[str, Any]:
+def summary(snap: Snapshot, *, oldest: int = 5, holders: HolderJoin | None = None
+            ) -> dict[str, Any]:
     """Usage of usable slots, counts by state/application/user/database/client address and the
-    oldest idle and idle-in-transaction sessions (``oldest`` of each)."""
+    oldest idle and idle-in-transaction sessions (``oldest`` of each; with ``holders``, each
+    with a ``holder`` key: the application code holding it, or ``None``)."""
     clients = snap.client_backends
     idle = sorted((s for s in clients if s.state == IDLE), key=lambda s: -(s.state_age or 0))
     in_tx = sorted((s for s in clients if s.in_transaction), key=lambda s: -(s.state_age or 0))
@@ -80,34 +87,43 @@ def summary(snap: Snapshot, *, oldest: int = 5) -> dict[str, Any]:
         "by_user": dict(snap.count_by("user").most_common()),
         "by_database": dict(snap.count_by("database").most_common()),
         "by_client_addr": dict(snap.count_by("client_addr").most_common()),
-        "oldest_idle": [_session_brief(s) for s in idle[:oldest]],
-        "oldest_idle_in_transaction": [_session_brief(s) for s in in_tx[:oldest]],
+        "oldest_idle": [_session_brief(s, holders) for s in idle[:oldest]],
+        "oldest_idle_in_transaction": [_session_brief(s, holders) for s in in_tx[:oldest]],
     }
 
 
 @dataclass(frozen=True, slots=True)
 class Report:
     """What the doctor concluded. ``status`` is ``ok``, ``warning`` or ``critical``;
-    ``server`` and ``summary`` are empty when the doctor could not get in (server full)."""
+    ``server`` and ``summary`` are empty when the doctor could not get in (server full);
+    ``holders`` is the applications' holders joined to the snapshot (``--holders``)."""
 
     findings: tuple[Finding, ...]
     server: dict[str, Any] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
     target: str = ""
     pgbouncer: dict[str, Any] = field(default_factory=dict)
+    holders: HolderJoin | None = None
 
     @property
     def status(self) -> str:
         return status_of(self.findings)
 
     def as_dict(self) -> dict[str, Any]:
+        """JSON-ready; with ``--holders``, each finding has ``holders`` (its pids' held
+        sessions) and the report a ``holders`` key (:meth:`HolderJoin.as_dict`)."""
+        findings = [f.as_dict() for f in self.findings]
+        if self.holders is not None:
+            for f, d in zip(self.findings, findings, strict=True):
+                d["holders"] = [h.as_dict() for h in self.holders.for_pids(f.pids)]
         return {
             "status": self.status,
             "target": self.target,
             "server": self.server,
             "summary": self.summary,
-            "findings": [f.as_dict() for f in self.findings],
+            "findings": findings,
             **({"pgbouncer": self.pgbouncer} if self.pgbouncer else {}),
+            **({"holders": self.holders.as_dict()} if self.holders is not None else {}),
         }
 
 
@@ -228,6 +244,27 @@ def render_status(console: Console, server: dict[str, Any], summ: dict[str, Any]
         console.print(_sessions_table("oldest idle", summ["oldest_idle"]))
 
 
+def render_holders(console: Console, holders: HolderJoin, *, limit: int = 20,
+                   sessions: bool = True) -> None:
+    """The applications' holders: one summary line, a warning per ``--holders`` URL that gave
+    none, and (``sessions``) each held session, longest held first; holders that joined no
+    session are listed when none did."""
+    console.print(Text.assemble(("holders ", "bold"), holders.summary()))
+    for w in holders.warnings:
+        console.print(Text("warning: " + w, style="yellow"))
+    if sessions:
+        held = holders.longest_held()
+        for h in held[:limit]:
+            console.print(Text("  " + h.describe()))
+        if len(held) > limit:
+            console.print(f"  … {len(held) - limit} more")
+    if not holders.sessions and holders.unmatched:
+        for a in holders.unmatched[:limit]:
+            console.print(Text("  " + a.describe()))
+        if len(holders.unmatched) > limit:
+            console.print(f"  … {len(holders.unmatched) - limit} more")
+
+
 def render_report(console: Console, report: Report) -> None:
     """The doctor's findings as text, most severe first."""
     status = report.status
@@ -240,6 +277,8 @@ def render_report(console: Console, report: Report) -> None:
     console.print(head)
     if report.pgbouncer:
         render_bouncer(console, report.pgbouncer)
+    if report.holders is not None:
+        render_holders(console, report.holders, sessions=False)
     if not report.findings:
         console.print("[green]no findings[/]")
     for f in report.findings:
@@ -255,4 +294,7 @@ def render_report(console: Console, report: Report) -> None:
         if f.pids:
             more = f" (+{len(f.pids) - 12} more)" if len(f.pids) > 12 else ""
             console.print(f"         pids: {', '.join(map(str, f.pids[:12]))}{more}")
+            if report.holders is not None:
+                for held in report.holders.for_pids(f.pids[:12]):
+                    console.print(Text("         " + held.describe()))
         console.print(Text("         fix: ", style="bold").append(f.fix, style="default"))

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 from ..conninfo import Target, connect
 from ..errors import ServerFullError
+from ..sources import holders as holders_source
 from ..sources import pgbouncer as bouncer_source
 from ..sources import postgres
 from ..sources.postgres.records import Snapshot
@@ -38,24 +40,37 @@ def examine_pgbouncer(target: Target, pg: Snapshot | None = None,
     return evaluate_pgbouncer(snap, pg, thresholds), bouncer_summary(snap, pg)
 
 
+def _unjoined(urls: Sequence[str], timeout: float) -> holders_source.HolderJoin | None:
+    """The applications' holders with no snapshot to join them to (every one unmatched)."""
+    if not urls:
+        return None
+    return holders_source.join((), holders_source.fetch_all(urls, timeout=timeout))
+
+
 def examine(target: Target | None, *, thresholds: Thresholds | None = None,
             sample: float = 0.0, pgbouncer: Target | None = None,
-            bouncer_thresholds: BouncerThresholds | None = None) -> Report:
+            bouncer_thresholds: BouncerThresholds | None = None,
+            holders: Sequence[str] = (),
+            holders_timeout: float = holders_source.DEFAULT_TIMEOUT) -> Report:
     """Look at the server behind ``target`` and judge it.
 
     Args:
         target: where to connect (from :func:`pgwarden.conninfo.resolve`).
         thresholds: rule thresholds (defaults from :class:`Thresholds`).
         sample: seconds between two snapshots to measure the rate of new sessions; 0 takes one.
+        pgbouncer: a PgBouncer admin console (database ``pgbouncer``) to judge as well; with
+            ``target`` ``None`` only PgBouncer is judged.
+        holders: applications' ``/holders`` URLs, fetched right after the snapshot and joined
+            to its sessions by backend pid (a URL that fails is a warning in the report).
+        holders_timeout: seconds to wait for each of them.
 
     Returns:
         A :class:`Report`. A server that refuses pgwarden with SQLSTATE 53300 gives a report
         with the ``server_full`` finding (critical) instead of an error.
 
-    Raises:
-        pgbouncer: a PgBouncer admin console (database ``pgbouncer``) to judge as well; with
-            ``target`` ``None`` only PgBouncer is judged.
+    Without a snapshot (a full server, PgBouncer alone) the holders are reported unjoined.
 
+    Raises:
         ConnectError: any other connection failure (the doctor cannot judge).
         psycopg.OperationalError: the server went away mid-run (the CLI's error boundary says
             so in one line).
@@ -65,13 +80,15 @@ def examine(target: Target | None, *, thresholds: Thresholds | None = None,
             raise ValueError("examine needs a PostgreSQL target, a PgBouncer target or both")
         only, alone = examine_pgbouncer(pgbouncer, None, bouncer_thresholds)
         return Report(findings=tuple(sorted(only, key=lambda f: -f.rank)),
-                      target=pgbouncer.where, pgbouncer=alone)
+                      target=pgbouncer.where, pgbouncer=alone,
+                      holders=_unjoined(holders, holders_timeout))
     try:
         conn = connect(target)
     except ServerFullError as exc:
         finding = server_full_finding(exc.server_said,
                                       reserve_full=exc.diagnosis_id == "too_many_clients")
-        return Report(findings=(finding,), target=target.where)
+        return Report(findings=(finding,), target=target.where,
+                      holders=_unjoined(holders, holders_timeout))
     with conn:
         sampled = None
         if sample > 0:
@@ -83,6 +100,10 @@ def examine(target: Target | None, *, thresholds: Thresholds | None = None,
                 time.sleep(min(_POLL, max(0.0, end - time.monotonic())))
             sampled = Sample(previous, Counter(seen.values()))
         snap = postgres.take(conn)
+    joined = None
+    if holders:
+        joined = holders_source.join(snap.client_backends,
+                                     holders_source.fetch_all(holders, timeout=holders_timeout))
     findings = evaluate(snap, thresholds, sampled)
     part: dict[str, Any] = {}
     if pgbouncer is not None:
@@ -91,7 +112,8 @@ def examine(target: Target | None, *, thresholds: Thresholds | None = None,
     return Report(
         findings=tuple(findings),
         server=server_info(snap),
-        summary=summary(snap),
+        summary=summary(snap, holders=joined),
         target=target.where,
         pgbouncer=part,
+        holders=joined,
     )

@@ -16,8 +16,7 @@
 
 from __future__ import annotations
 
-import errno
-import ipaddress
+import functools
 import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -28,12 +27,21 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
+    HistogramMetricFamily,
     InfoMetricFamily,
     Metric,
     SummaryMetricFamily,
 )
+from prometheus_client.utils import floatToGoString
 
-from ..errors import ConfigError, ListenError
+from .listen import (
+    DEFAULT_LISTEN_HOST,
+    hostport,
+    is_loopback,
+    listen_error,
+    parse_listen,
+    warn_if_exposed,
+)
 
 __all__ = [
     "DEFAULT_LISTEN_HOST",
@@ -43,6 +51,7 @@ __all__ = [
     "MetricsServer",
     "Sample",
     "families",
+    "is_loopback",
     "parse_listen",
     "serve",
 ]
@@ -52,10 +61,8 @@ logger = logging.getLogger("pgwarden.metrics")
 PREFIX = "pgwarden_"
 #: The label value that stands for every value past a :class:`LabelCap`'s top N.
 OTHER = "(other)"
-#: Where endpoints bind when only a port is given.
-DEFAULT_LISTEN_HOST = "127.0.0.1"
 
-Kind = Literal["gauge", "counter", "info", "summary"]
+Kind = Literal["gauge", "counter", "info", "summary", "histogram"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +73,8 @@ class MetricSpec:
         name: the full name; for a counter without its ``_total`` suffix, which
             ``prometheus_client`` appends (``pgwarden_sessions_established`` is exposed as
             ``pgwarden_sessions_established_total``).
-        kind: ``gauge``, ``counter``, ``info`` or ``summary`` (``_count`` and ``_sum`` only).
+        kind: ``gauge``, ``counter``, ``info``, ``summary`` (``_count`` and ``_sum`` only) or
+            ``histogram`` (``_bucket``, ``_count``, ``_sum``).
         labels: label names, in order (a ``target`` label is prepended when a collector serves
             several targets).
         help: what it means, with its unit.
@@ -91,13 +99,15 @@ class MetricSpec:
 class Sample:
     """One value of one metric: ``labels`` are values in the order of the spec's labels
     (for an ``info`` metric, ``info`` holds the key/value pairs; for a ``summary``, ``value`` is
-    the sum and ``count`` the count)."""
+    the sum and ``count`` the count; for a ``histogram``, ``value`` is the sum and ``buckets``
+    the cumulative ``(upper bound, count)`` pairs, the last bound ``inf``)."""
 
     spec: MetricSpec
     labels: tuple[str, ...]
     value: float
     info: tuple[tuple[str, str], ...] = ()
     count: float = 0.0
+    buckets: tuple[tuple[float, float], ...] = ()
 
 
 class LabelCap:
@@ -125,6 +135,12 @@ class LabelCap:
         return cls(Counter(values), top)
 
 
+@functools.lru_cache(maxsize=256)
+def _go_float(value: float) -> str:
+    """A bucket bound as Prometheus writes it (``+Inf``, ``0.005``)."""
+    return str(floatToGoString(value))  # type: ignore[no-untyped-call]
+
+
 def families(groups: Iterable[tuple[Sequence[str], Iterable[Sample]]], *,
              extra_labels: Sequence[str] = ()) -> list[Metric]:
     """``prometheus_client`` metric families for groups of samples, one family per metric
@@ -147,6 +163,8 @@ def families(groups: Iterable[tuple[Sequence[str], Iterable[Sample]]], *,
                     fam = InfoMetricFamily(s.spec.name, s.spec.help, labels=labels)
                 elif s.spec.kind == "summary":
                     fam = SummaryMetricFamily(s.spec.name, s.spec.help, labels=labels)
+                elif s.spec.kind == "histogram":
+                    fam = HistogramMetricFamily(s.spec.name, s.spec.help, labels=labels)
                 else:
                     fam = GaugeMetricFamily(s.spec.name, s.spec.help, labels=labels)
                 out[s.spec.name] = fam
@@ -155,43 +173,12 @@ def families(groups: Iterable[tuple[Sequence[str], Iterable[Sample]]], *,
                 fam.add_metric(values, dict(s.info))
             elif isinstance(fam, SummaryMetricFamily):
                 fam.add_metric(values, count_value=int(s.count), sum_value=s.value)
+            elif isinstance(fam, HistogramMetricFamily):
+                fam.add_metric(values, [(_go_float(b), n) for b, n in s.buckets],
+                               sum_value=s.value)
             else:
                 fam.add_metric(values, s.value)  # type: ignore[attr-defined]
     return list(out.values())
-
-
-def parse_listen(text: str, *, option: str = "--listen") -> tuple[str, int]:
-    """``HOST:PORT``, ``[IPv6]:PORT`` or ``PORT`` (on :data:`DEFAULT_LISTEN_HOST`) to
-    ``(host, port)``; port 0 picks a free one.
-
-    Raises:
-        ConfigError: malformed, or a port outside 0..65535.
-    """
-    raw = text.strip()
-    host, sep, port_text = raw.rpartition(":")
-    if not sep:
-        host, port_text = DEFAULT_LISTEN_HOST, raw
-    elif host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        raise ConfigError(f"{option}: {text!r}: write an IPv6 address in brackets, like "
-                          "[::1]:9187")
-    if not host:
-        raise ConfigError(f"{option}: {text!r}: expected HOST:PORT, like 127.0.0.1:9187")
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ConfigError(f"{option}: {text!r}: expected HOST:PORT with a port from 0 to "
-                          "65535, like 127.0.0.1:9187")
-    return host, int(port_text)
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` is a loopback address or ``localhost``."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class MetricsServer:
@@ -201,26 +188,16 @@ class MetricsServer:
     def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
         try:
             self._httpd, self._thread = start_http_server(port, addr=host, registry=registry)
-        except OSError as exc:
-            what = {errno.EADDRINUSE: "the port is in use",
-                    errno.EADDRNOTAVAIL: "no such address on this host",
-                    errno.EACCES: "permission denied (ports below 1024 need privileges)"}.get(
-                        exc.errno or 0, exc.strerror or str(exc))
-            raise ListenError(f"cannot listen on {_hostport(host, port)}: {what}",
-                              address=_hostport(host, port)) from None
-        except (UnicodeError, ValueError) as exc:  # a host name that does not resolve
-            raise ListenError(f"cannot listen on {_hostport(host, port)}: {exc}",
-                              address=_hostport(host, port)) from None
+        except (OSError, UnicodeError, ValueError) as exc:  # ValueError: a host that does
+            raise listen_error(exc, host, port) from None  # not resolve
         self.host = host
         self.port = int(self._httpd.server_address[1])
-        if not is_loopback(host):
-            logger.warning("metrics served on %s, which is not a loopback address: anyone "
-                           "who can reach it can read them", _hostport(host, self.port))
+        warn_if_exposed(host, self.port)
 
     @property
     def url(self) -> str:
         """``http://HOST:PORT/metrics``."""
-        return f"http://{_hostport(self.host, self.port)}/metrics"
+        return f"http://{hostport(self.host, self.port)}/metrics"
 
     def close(self) -> None:
         """Stop serving and release the port. Idempotent."""
@@ -233,10 +210,6 @@ class MetricsServer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _hostport(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def serve(registry: CollectorRegistry, listen: str | tuple[str, int]) -> MetricsServer:

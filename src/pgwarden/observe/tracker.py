@@ -20,9 +20,10 @@ handle collected       :meth:`Tracker.collected` (the application dropped a chec
 
 and asks it :meth:`Tracker.holders`, :meth:`Tracker.leak_scan` and :meth:`Tracker.stats`.
 
-Calls for one tracker must not overlap: pgwarden's sync pool makes them under its lock, its
-asyncio pool from the event loop, the adapters under :attr:`Tracker.lock`. No call does I/O;
-the leak warnings are logged by :meth:`Tracker.report_leaks` outside any lock.
+Calls for one tracker must not overlap: they are made under :attr:`Tracker.lock` (pgwarden's
+pools make it their own lock, the adapters take it), and so are the reads from other threads
+(the metrics collector, the holders endpoint). No call does I/O; the leak warnings are logged
+by :meth:`Tracker.report_leaks` outside any lock.
 
 Counters and timings are plain data read by the metrics (``pgwarden.metrics``) through
 :meth:`Tracker.stats`: nothing Prometheus-specific sits on the checkout path.
@@ -183,7 +184,7 @@ class PoolStats:
     Timings (:class:`Histogram` copies, seconds): ``wait_seconds`` (checkouts that waited and
     timeouts; ``requests_total - requests_waited_total`` more were served at once, see
     :meth:`wait_buckets`), ``use_seconds`` (checkout to return), ``connect_seconds``.
-    The Prometheus names are ``pgwarden_pool_<key>`` (docs/exporter.md).
+    Each key's Prometheus metric (``pgwarden_pool_*``) is listed in docs/exporter.md.
     """
 
     pool: str
@@ -274,7 +275,8 @@ class Tracker:
         self.leak_threshold = None if leak_threshold is None else float(leak_threshold)
         self._sizes = sizes
         self._state_of = state_of
-        #: for adapters whose events may come from several threads at once
+        #: held around every event and every read from another thread (pgwarden's pools
+        #: replace it with their own lock)
         self.lock = threading.Lock()
         self.records: set[TrackedConnection] = set()
         self.requests_waiting = 0

@@ -388,6 +388,9 @@ class Core:
         self.tracker = Tracker(config.name, library="pgwarden",
                                leak_threshold=config.leak_threshold, sizes=self.sizes,
                                state_of=_slot_state)
+        # the pool changes its tracker under its own lock: readers in other threads (the
+        # metrics collector, the holders endpoint) take it as Tracker.lock
+        self.tracker.lock = pool._lock
         # reconnect state
         self.failures = 0
         self.first_failure_at = 0.0

@@ -5,6 +5,7 @@ protections."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -14,6 +15,7 @@ from ..conninfo import Target, connect
 from ..diagnose import server_message
 from ..guard.policy import Protection
 from ..guard.runner import signal_backend
+from ..sources import holders as holders_source
 from ..sources import postgres
 from ..sources.postgres.records import Snapshot
 from .model import Frame, Row, View, build_frame, may_act
@@ -46,14 +48,21 @@ class Source:
         protection: what must never be cancelled or terminated (default: the guard's
             :class:`~pgwarden.guard.policy.Protection`).
         query_chars: how much of each query to read.
+        holders: applications' ``/holders`` URLs, fetched with each snapshot and joined to it
+            by backend pid (the holder column); a URL that fails is a note, never an error.
+        holders_timeout: seconds to wait for each of them.
     """
 
     def __init__(self, target: Target, *, protection: Protection | None = None,
-                 query_chars: int = 500) -> None:
+                 query_chars: int = 500, holders: Sequence[str] = (),
+                 holders_timeout: float = holders_source.DEFAULT_TIMEOUT) -> None:
         self.target = target
         self.protection = protection or Protection()
         self.query_chars = query_chars
+        self.holder_urls = tuple(holders)
+        self.holders_timeout = holders_timeout
         self.snapshot: Snapshot | None = None
+        self.holders: holders_source.HolderJoin | None = None
         self._conn: psycopg.Connection[Any] | None = None
 
     def _connection(self) -> psycopg.Connection[Any]:
@@ -73,16 +82,21 @@ class Source:
         """
         conn = self._connection()
         try:
-            self.snapshot = postgres.take(conn, query_chars=self.query_chars)
+            snap = postgres.take(conn, query_chars=self.query_chars)
         except psycopg.Error:
             self.close()
             raise
-        return self.snapshot
+        if self.holder_urls:
+            self.holders = holders_source.join(
+                snap.client_backends,
+                holders_source.fetch_all(self.holder_urls, timeout=self.holders_timeout))
+        self.snapshot = snap
+        return snap
 
     def frame(self, view: View | None = None) -> Frame:
         """The frame of the last snapshot (taking one if there is none)."""
         snap = self.snapshot if self.snapshot is not None else self.take()
-        return build_frame(snap, view)
+        return build_frame(snap, view, self.holders)
 
     def act(self, row: Row, kind: Kind) -> Acted:
         """Cancel or terminate ``row``'s session, if the guard's protections allow it and it is

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..guard.policy import Protection, protected
+from ..sources.holders import HolderJoin
 from ..sources.postgres.records import IDLE, Session, Snapshot, role_sql
 
 __all__ = [
@@ -106,8 +107,8 @@ class Row:
         state: the session's state, ``(hidden)`` when the role may not see it.
         wait: ``wait_event_type:wait_event`` or ``""``.
         blocked_by: pids of the sessions blocking this one (lock waits).
-        holder: the code holding the connection, once joined from an application's pool
-            (empty for now: the column is kept for it).
+        holder: the application code holding the connection (``--holders``): ``pool: file:line
+            in function by thread-or-task, held for``; empty when no application reports it.
         session: the session as the snapshot saw it (what cancel / terminate match).
     """
 
@@ -143,6 +144,7 @@ class Frame:
         rows: the sessions shown (filtered, sorted).
         total: client backends before filtering.
         view: the view that made this frame.
+        notes: lines about the holders (``--holders``): what was joined, URLs that failed.
     """
 
     taken_at: dt.datetime
@@ -157,13 +159,14 @@ class Frame:
     rows: tuple[Row, ...]
     total: int
     view: View = field(default_factory=View)
+    notes: tuple[str, ...] = ()
 
 
 def _state(s: Session) -> str:
     return s.state or "" if s.visible else "(hidden)"
 
 
-def _row(s: Session) -> Row:
+def _row(s: Session, holders: HolderJoin | None = None) -> Row:
     if s.client_addr is not None:
         client: str | None = f"{s.client_addr}:{s.client_port}" if s.client_port else s.client_addr
     else:
@@ -174,7 +177,16 @@ def _row(s: Session) -> Row:
         client=client, state=_state(s), state_age=s.state_age, xact_age=s.xact_age,
         query_age=s.query_age, backend_age=s.backend_age, wait=wait,
         blocked_by=s.blocking_pids, query=" ".join((s.query or "").split()), session=s,
+        holder=_holder(s.pid, holders),
     )
+
+
+def _holder(pid: int, holders: HolderJoin | None) -> str:
+    held = holders.of(pid) if holders is not None else None
+    if held is None:
+        return ""
+    more = f" (+{len(held.holders) - 1})" if len(held.holders) > 1 else ""
+    return held.holder.short + more
 
 
 def _matches(pattern: str, value: str) -> bool:
@@ -189,12 +201,14 @@ def _state_rank(state: str) -> tuple[int, str]:
     return (STATE_ORDER.index(state) if state in STATE_ORDER else len(STATE_ORDER), state)
 
 
-def build_frame(snap: Snapshot, view: View | None = None) -> Frame:
+def build_frame(snap: Snapshot, view: View | None = None,
+                holders: HolderJoin | None = None) -> Frame:
     """The frame for ``snap`` as ``view`` asks: client backends only (pgwarden's own session
-    left out by the snapshot), filtered, sorted; rows without a value for the sort key last."""
+    left out by the snapshot), filtered, sorted; rows without a value for the sort key last.
+    ``holders`` (the applications' holders joined to ``snap``) fills the holder column."""
     view = view or View()
     clients = snap.client_backends
-    rows = [_row(s) for s in clients]
+    rows = [_row(s, holders) for s in clients]
     shown = [r for r in rows
              if not (view.hide_idle and r.state == IDLE)
              and all(_matches(getattr(view, n), getattr(r, n)) for n in FILTER_FIELDS)]
@@ -213,6 +227,8 @@ def build_frame(snap: Snapshot, view: View | None = None) -> Frame:
         used_slots=snap.used_slots, usable_slots=snap.usable_slots, usage=snap.usage,
         by_state=tuple(sorted(counts.items(), key=lambda kv: _state_rank(kv[0]))),
         hidden=hidden, hint=hint, rows=tuple(present), total=len(rows), view=view,
+        notes=(("holders: " + holders.summary(), *holders.warnings) if holders is not None
+               else ()),
     )
 
 

@@ -16,8 +16,8 @@ from .model import Frame, Row
 
 __all__ = ["COLUMNS", "cells", "fmt_age", "header", "render_frame", "usage_bar"]
 
-#: The sessions table's columns, in order. ``holder`` stays empty until holders are joined
-#: from the applications' pools.
+#: The sessions table's columns, in order. ``holder`` is filled from the applications' holders
+#: (``--holders``).
 COLUMNS = ("pid", "application", "user", "database", "client", "state", "state age",
            "xact age", "query age", "wait", "blocked by", "holder", "query")
 
@@ -84,6 +84,8 @@ def header(frame: Frame, *, paused: bool = False, interval: float | None = None)
                 + ("  idle hidden" if view.hide_idle else ""))
     if frame.hint:
         text.append("\n" + frame.hint, style="yellow")
+    for note in frame.notes:
+        text.append("\n" + note, style="yellow" if note.startswith("--holders") else "")
     return text
 
 
@@ -100,7 +102,7 @@ def cells(row: Row, *, query_chars: int = 80) -> tuple[str, ...]:
 #: Widest a column gets in ``--once`` before its cells are cut with an ellipsis (the query
 #: column takes what is left).
 _CAPS = {"application": 24, "user": 16, "database": 16, "client": 21, "state": 29, "wait": 24,
-         "blocked by": 16, "holder": 30}
+         "blocked by": 16, "holder": 72}
 
 
 def render_frame(frame: Frame) -> RenderableType:
