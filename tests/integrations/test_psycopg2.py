@@ -94,7 +94,8 @@ def test_a_dropped_connection_is_reported_and_returned(
         pid = drop_one(pool)
         assert eventually(lambda: handle.stats().collected_total == 1)
         line = line_of(HERE, "# checkout: psycopg2 dropped")
-        assert f"backend pid {pid} was garbage-collected without being returned" in caplog.text
+        assert (f"backend pid {pid} was dropped by the application without being returned"
+                in caplog.text)
         assert f"test_psycopg2.py:{line} in drop_one" in caplog.text
         conn = pool.getconn()  # returned with putconn before this checkout: served again
         assert conn.get_backend_pid() == pid

@@ -15,13 +15,8 @@ from pgwarden.observe import Sizes, TrackedConnection, Tracker, capture_stack, t
 LOGGER = "pgwarden.pool"
 
 
-class Handle:
-    """Stands for what an application holds (a proxy connection object)."""
-
-
-def take(tracker: Tracker, rec: TrackedConnection, handle: object | None = None) -> None:
-    tracker.checkout(rec, threading.current_thread(), capture_stack(2), time.monotonic(),
-                     handle=handle)
+def take(tracker: Tracker, rec: TrackedConnection) -> None:
+    tracker.checkout(rec, threading.current_thread(), capture_stack(2), time.monotonic())
 
 
 def borrow_for_a_job(tracker: Tracker, rec: TrackedConnection) -> None:
@@ -73,24 +68,23 @@ def test_leak_reported_once_then_unleaked(caplog: pytest.LogCaptureFixture) -> N
     assert (s.leaks_total, s.leaks_returned_total, s.leaks_current) == (1, 1, 0)
 
 
-def test_a_dropped_handle_is_reported_with_its_checkout_stack(
+def test_a_lost_checkout_is_reported_with_its_checkout_stack(
         caplog: pytest.LogCaptureFixture) -> None:
     t = Tracker("t-gc", register=False)
     rec = t.connected(TrackedConnection(pid=7), 0.0)
-    handle = Handle()
-    take(t, rec, handle)
-    del handle
-    gc.collect()
+    take(t, rec)
+    t.collected(rec)
     assert "garbage-collected without being returned" in caplog.text
-    assert "test_a_dropped_handle_is_reported" in caplog.text
+    assert "test_a_lost_checkout_is_reported" in caplog.text
     assert t.stats().collected_total == 1 and not rec.out
-    # a handle dropped after its connection came back is nothing to report
-    handle2 = Handle()
-    take(t, rec, handle2)
-    t.checkin(rec, time.monotonic())
-    del handle2
-    gc.collect()
+    t.collected(rec)  # reported once
     assert t.stats().collected_total == 1
+    take(t, rec)
+    t.collected(rec, dropped=True)  # the library still references it: not collected
+    assert "dropped by the application without being returned" in caplog.text
+    # a connection opened before the tracker started is listed, not counted as opened
+    t.adopt(TrackedConnection(pid=8))
+    assert t.stats().connections_opened_total == 1 and len(t.records) == 2
 
 
 def test_stats_and_explain() -> None:

@@ -286,8 +286,7 @@ class Instrumentation:
     def _adopt(self, rec: TrackedConnection) -> TrackedConnection:
         """A connection opened before the pool was instrumented: track it without counting it
         as opened."""
-        self.tracker.records.add(rec)
-        return rec
+        return self.tracker.adopt(rec)
 
     def _explained(self, cls: type[BaseException], original: BaseException,
                    default: str = "") -> BaseException:
@@ -318,7 +317,7 @@ class Instrumentation:
             leaks = self.tracker.leak_scan()
             dropped = self._find_dropped() if self._out else []
             for _key, rec, _obj in dropped:
-                self.tracker.collected(rec)
+                self.tracker.collected(rec, dropped=True)
         self.tracker.report_leaks(leaks)
         for key, rec, obj in dropped:
             if self.reclaim:

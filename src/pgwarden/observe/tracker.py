@@ -14,7 +14,7 @@ checkout               :meth:`Tracker.checkout` (who, where: a cheap stack), aft
 checkin (return)       :meth:`Tracker.checkin`
 connection closed      :meth:`Tracker.closed` (invalidated, expired, broken, pool closed)
 checkout timed out     :meth:`Tracker.timed_out`; :meth:`Tracker.explain` gives the holders text
-handle collected       :meth:`Tracker.collected` (the application dropped a checked-out
+connection lost        :meth:`Tracker.collected` (the application dropped a checked-out
                        connection without returning it)
 =====================  ==========================================================================
 
@@ -84,7 +84,8 @@ class TrackedConnection:
         holder: the checking-out thread (a :class:`threading.Thread`) or task name.
         stack: the checkout's raw stack (empty with leak detection off).
         leak_reported: the current checkout was reported as a leak.
-        handle: weak reference to the object the application holds, when the adapter gave one.
+        handle: for the adapter: a weak reference to the object the application holds (the
+            adapter detects it gone and calls :meth:`Tracker.collected`).
         connection: what :attr:`Tracker.state_of` needs to tell the transaction state (the
             library's connection object, held strongly only by the library).
     """
@@ -319,31 +320,22 @@ class Tracker:
         """A connection attempt failed."""
         self.connect_errors += 1
 
-    def checkout(self, rec: TrackedConnection, holder: Any, stack: RawStack, now: float,
-                 handle: Any = None) -> None:
+    def checkout(self, rec: TrackedConnection, holder: Any, stack: RawStack, now: float
+                 ) -> None:
         """``rec`` was checked out at ``now`` (monotonic) by ``holder`` (a thread or a task
-        name), from the code in ``stack``. ``handle``: the object the application holds, if it
-        is not the connection itself; when it is garbage-collected while checked out,
-        :meth:`collected` reports it."""
+        name), from the code in ``stack``."""
         rec.out = True
         rec.out_at = now
         rec.holder = holder
         rec.stack = stack
         rec.leak_reported = False
         self.requests_total += 1
-        if handle is not None:
-            rec.handle = weakref.ref(handle, self._handle_gone(rec, now))
 
-    def _handle_gone(self, rec: TrackedConnection, out_at: float) -> Callable[[Any], None]:
-        wself = weakref.ref(self)
-
-        def gone(_ref: Any) -> None:
-            tracker = wself()
-            # only this checkout: the record may have been returned and checked out again
-            if tracker is not None and rec.out and rec.out_at == out_at:
-                tracker.collected(rec)
-
-        return gone
+    def adopt(self, rec: TrackedConnection) -> TrackedConnection:
+        """Track a connection that was open before the tracker started (an adapter
+        instrumenting a pool already in use): listed, not counted as opened."""
+        self.records.add(rec)
+        return rec
 
     def queued(self) -> None:
         """A caller starts waiting for a connection (:attr:`requests_waiting` goes up by one;
@@ -391,18 +383,22 @@ class Tracker:
         """A checkout failed for another reason than a timeout (too many waiting, closed)."""
         self.errors += 1
 
-    def collected(self, rec: TrackedConnection) -> None:
-        """The application dropped a checked-out connection without returning it; log it with
-        the checkout stack. (The adapter reclaims the slot where its library allows.)"""
+    def collected(self, rec: TrackedConnection, *, dropped: bool = False) -> None:
+        """The application lost a checked-out connection without returning it; log it with
+        the checkout stack. ``dropped``: nothing in the application references it any more
+        but the pooled library still does (it was not garbage-collected). (The adapter reclaims
+        the slot where its library allows.)"""
         if not rec.out:
             return
         rec.out = False
         rec.handle = None
         self.collected_total += 1
+        how = ("was dropped by the application without being returned" if dropped
+               else "was garbage-collected without being returned")
         logger.warning(
-            "pool %r: connection backend pid %d was garbage-collected without being returned "
-            "(checked out by %s at %s). Checkout stack (most recent call last):\n%s",
-            self.name, rec.pid, holder_name(rec.holder), self._location(rec),
+            "pool %r: connection backend pid %d %s (checked out by %s at %s). Checkout stack "
+            "(most recent call last):\n%s",
+            self.name, rec.pid, how, holder_name(rec.holder), self._location(rec),
             "".join(summarize(rec.stack).format()))
 
     # -- reporting -------------------------------------------------------------------------

@@ -48,9 +48,10 @@ def _shown(text: str) -> str:
     """``text`` as given, fit for a report: credentials and passwords masked (``redact``, and
     any ``user:password@`` of a URL), one short line."""
     out = " ".join(redact(text).split())
-    scheme, sep, rest = out.partition("://") if "://" in out else ("", "", out)
-    if "@" in rest:  # user:password@host (however malformed): nothing before the @ is shown
-        out = f"{scheme}{sep}***@{rest.rpartition('@')[2]}"
+    if "@" in out:
+        # user:password@host, however malformed: nothing before the last @ is shown, not even
+        # what looks like a scheme (in "me:s3cr://et@host" the password contains "://")
+        out = f"***@{out.rpartition('@')[2]}"
     out = "".join(ch if ch.isprintable() else "?" for ch in out)
     return out if len(out) <= 200 else out[:197] + "..."
 
