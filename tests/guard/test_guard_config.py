@@ -178,3 +178,18 @@ def test_metrics_keys():
             "outcome": "skipped", "value": 1} in d["actions_total"]
     assert {"passes_total", "errors_total", "candidates_total", "pass_duration_seconds_last",
             "usage", "leader"} <= set(d)
+
+
+def test_a_file_that_is_not_utf8_is_a_config_error_naming_the_file(tmp_path):
+    """Both configuration files (guard, budget) are read by one reader (pgwarden.configfile);
+    before it, only the budget's caught a file that is not UTF-8."""
+    from pgwarden.budget.config import load_budget
+    from pgwarden.errors import ConfigFileError
+    from pgwarden.guard.config import load_policy
+
+    bad = tmp_path / "latin1.toml"
+    bad.write_bytes(b'interval = "10s"\n# caf\xe9\n')
+    for load in (load_policy, load_budget):
+        with pytest.raises(ConfigFileError) as info:
+            load(bad)
+        assert str(bad) in str(info.value) and "not valid TOML" in str(info.value)

@@ -10,17 +10,11 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from collections.abc import Mapping
 from typing import Any
 
-from ..errors import ConfigFileError
+from ..configfile import TableReader, kind_of, load_toml
 from .model import DEFAULTS, DRIVERS, KINDS, Budget, Pool, Service
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 __all__ = ["MAX_COUNT", "budget_from_dict", "load_budget"]
 
@@ -41,35 +35,13 @@ _MINIMUM = {"pool_size": 1, "max_overflow": 0, "min_size": 0, "max_size": 1, "mi
             "maxconn": 1, "threads": 1, "db_pool": 1, "connections": 0}
 
 
-def _kind(value: object) -> str:
-    if isinstance(value, Mapping):
-        return "a table"
-    if isinstance(value, list):
-        return "a list"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
-class _Reader:
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def fail(self, key: str | None, problem: str) -> ConfigFileError:
-        where = f"{self.path}: key '{key}'" if key else self.path
-        return ConfigFileError(f"{where}: {problem}", path=self.path, key=key)
-
-    def table(self, value: object, key: str, allowed: tuple[str, ...]) -> Mapping[str, Any]:
-        if not isinstance(value, Mapping):
-            raise self.fail(key or None, f"expected a table, got {_kind(value)}")
-        for k in value:
-            if k not in allowed:
-                full = f"{key}.{k}" if key else str(k)
-                raise self.fail(full, f"unknown key; allowed: {', '.join(allowed)}")
-        return value
+class _Reader(TableReader):
 
     def count(self, value: object, key: str, minimum: int = 0) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(key, f"expected a whole number >= {minimum}, got {_kind(value)}")
+            raise self.fail(key, f"expected a whole number >= {minimum}, got {kind_of(value)}")
         if not minimum <= value <= MAX_COUNT:
             raise self.fail(key, f"expected a whole number from {minimum} to {MAX_COUNT}, "
                             f"got {value}")
@@ -78,7 +50,7 @@ class _Reader:
     def name(self, value: object, key: str) -> str:
         if not isinstance(value, str) or not _NAME_RE.match(value):
             raise self.fail(key, "expected a name of 1-100 letters, digits or _.:@/+-, got "
-                            f"{_kind(value)}")
+                            f"{kind_of(value)}")
         return value
 
     def headroom(self, value: object, key: str) -> tuple[float, bool]:
@@ -90,17 +62,17 @@ class _Reader:
                 and 0 <= value <= MAX_COUNT:
             return float(value), False
         raise self.fail(key, "expected a number of slots (like 5) or a percentage of the "
-                        f"usable slots below 100% (like '10%'), got {_kind(value)}")
+                        f"usable slots below 100% (like '10%'), got {kind_of(value)}")
 
     def pool(self, value: object, key: str) -> Pool:
         if not isinstance(value, Mapping):
-            raise self.fail(key, f"expected a table, got {_kind(value)}")
+            raise self.fail(key, f"expected a table, got {kind_of(value)}")
         if "kind" not in value:
             raise self.fail(f"{key}.kind", f"missing; expected one of {', '.join(KINDS)}")
         kind = value["kind"]
         if kind not in DEFAULTS:
             raise self.fail(f"{key}.kind", f"expected one of {', '.join(KINDS)}, got "
-                            f"{_kind(kind)}")
+                            f"{kind_of(kind)}")
         defaults = DEFAULTS[kind]
         self.table(value, key, (*_POOL_KEYS, *defaults))
         settings: dict[str, int] = {}
@@ -125,7 +97,7 @@ class _Reader:
         driver = value.get("driver", drivers[0])
         if driver not in drivers:
             raise self.fail(f"{key}.driver", f"expected one of {', '.join(drivers)} for a "
-                            f"{kind} pool, got {_kind(driver)}")
+                            f"{kind} pool, got {kind_of(driver)}")
         return Pool(kind=kind, settings=settings, driver=driver)
 
     def service(self, name: str, value: object) -> Service:
@@ -133,7 +105,7 @@ class _Reader:
         if not _NAME_RE.match(name):
             raise self.fail(key, "a service name is 1-100 letters, digits or _.:@/+-")
         if not isinstance(value, Mapping):
-            raise self.fail(key, f"expected a table, got {_kind(value)}")
+            raise self.fail(key, f"expected a table, got {kind_of(value)}")
         shorthand = "kind" in value
         pool_keys: tuple[str, ...] = ()
         if shorthand:
@@ -142,7 +114,7 @@ class _Reader:
                 pool_keys = (*_POOL_KEYS, *DEFAULTS[kind])
             elif kind is not None:
                 raise self.fail(f"{key}.kind", f"expected one of {', '.join(KINDS)}, got "
-                                f"{_kind(kind)}")
+                                f"{kind_of(kind)}")
             if "pools" in value:
                 raise self.fail(f"{key}.pools", "give either kind = ... (one pool) or "
                                 "[[services.NAME.pools]] tables, not both")
@@ -157,7 +129,7 @@ class _Reader:
                                 "table, or one [[services.NAME.pools]] table per pool")
             if not isinstance(raw, list) or not raw:
                 raise self.fail(f"{key}.pools", "expected a non-empty list of tables "
-                                f"([[{key}.pools]]), got {_kind(raw)}")
+                                f"([[{key}.pools]]), got {kind_of(raw)}")
             pools = tuple(self.pool(p, f"{key}.pools[{i}]") for i, p in enumerate(raw))
         kwargs: dict[str, Any] = {}
         for opt in ("replicas", "processes"):
@@ -166,7 +138,7 @@ class _Reader:
         if "weight" in t:
             w = t["weight"]
             if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w <= MAX_COUNT:
-                raise self.fail(f"{key}.weight", f"expected a number > 0, got {_kind(w)}")
+                raise self.fail(f"{key}.weight", f"expected a number > 0, got {kind_of(w)}")
             kwargs["weight"] = float(w)
         if "applications" in t:
             apps = t["applications"]
@@ -175,7 +147,7 @@ class _Reader:
             if not isinstance(apps, list) or not apps or not all(
                     isinstance(a, str) and 0 < len(a) <= 200 for a in apps):
                 raise self.fail(f"{key}.applications", "expected an application_name pattern "
-                                f"or a list of them (like ['worker-*']), got {_kind(apps)}")
+                                f"or a list of them (like ['worker-*']), got {kind_of(apps)}")
             kwargs["applications"] = tuple(apps)
         for opt in ("database", "user"):
             if opt in t:
@@ -198,7 +170,7 @@ class _Reader:
         services = t.get("services", {})
         if not isinstance(services, Mapping):
             raise self.fail("services", "expected tables like [services.api], got "
-                            f"{_kind(services)}")
+                            f"{kind_of(services)}")
         kwargs["services"] = tuple(self.service(str(n), v) for n, v in services.items())
         return Budget(**kwargs)
 
@@ -219,11 +191,4 @@ def load_budget(path: str | os.PathLike[str]) -> Budget:
         ConfigFileError: unreadable, not TOML, or a bad key or value (names file and key).
     """
     path = str(path)
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as exc:
-        raise ConfigFileError(f"{path}: cannot read: {exc.strerror or exc}", path=path) from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigFileError(f"{path}: not valid TOML: {exc}", path=path) from None
-    return budget_from_dict(data, source=path)
+    return budget_from_dict(load_toml(path), source=path)

@@ -48,11 +48,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from ..errors import ConfigError, ConfigFileError
+from ..configfile import TableReader, kind_of, load_toml
+from ..errors import ConfigError
 from .policy import (
     ACTIVE,
     DEFAULT_RULES,
@@ -66,11 +66,6 @@ from .policy import (
     Rule,
     Scope,
 )
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 __all__ = ["load_policy", "make_policy", "parse_duration", "parse_usage", "policy_from_dict"]
 
@@ -128,25 +123,9 @@ def parse_usage(value: object) -> float:
     return number
 
 
-class _Reader:
+class _Reader(TableReader):
     """Reads one source, raising ConfigFileError with file and key on every problem."""
 
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def fail(self, key: str | None, problem: str) -> ConfigFileError:
-        where = f"{self.path}: key '{key}'" if key else self.path
-        return ConfigFileError(f"{where}: {problem}", path=self.path, key=key)
-
-    def table(self, value: object, key: str, allowed: Iterable[str]) -> Mapping[str, Any]:
-        if not isinstance(value, Mapping):
-            raise self.fail(key or None, f"expected a table, got {_kind(value)}")
-        allowed = tuple(allowed)
-        for k in value:
-            if k not in allowed:
-                full = f"{key}.{k}" if key else str(k)
-                raise self.fail(full, f"unknown key; allowed: {', '.join(allowed)}")
-        return value
 
     def get(self, table: Mapping[str, Any], key: str, name: str,
             conv: Callable[[object], T]) -> T:
@@ -283,7 +262,7 @@ class _Reader:
             rules = t["rules"]
             if not isinstance(rules, Mapping):
                 raise self.fail("rules", "expected tables like [rules.idle], got "
-                                f"{_kind(rules)}")
+                                f"{kind_of(rules)}")
             kwargs["rules"] = tuple(self.rule(str(n), v) for n, v in rules.items())
         try:
             return Policy(**kwargs)
@@ -291,12 +270,6 @@ class _Reader:
             raise self.fail(None, str(exc)) from None
 
 
-def _kind(value: object) -> str:
-    if isinstance(value, Mapping):
-        return "a table"
-    if isinstance(value, list):
-        return "a list"
-    return repr(value)
 
 
 def policy_from_dict(data: Mapping[str, Any], *, source: str = "<dict>") -> Policy:
@@ -315,14 +288,7 @@ def load_policy(path: str | os.PathLike[str]) -> Policy:
         ConfigFileError: unreadable, not TOML, or a bad key or value (names file and key).
     """
     path = str(path)
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as exc:
-        raise ConfigFileError(f"{path}: cannot read: {exc.strerror or exc}", path=path) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigFileError(f"{path}: not valid TOML: {exc}", path=path) from None
-    return policy_from_dict(data, source=path)
+    return policy_from_dict(load_toml(path), source=path)
 
 
 def _replace_rule(rules: tuple[Rule, ...], rule: Rule) -> tuple[Rule, ...]:
