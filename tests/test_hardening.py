@@ -71,6 +71,7 @@ def test_1_check_against_a_deaf_listener_fails_at_startup(
 @pytest.mark.parametrize("args", [
     ["check"], ["status"], ["doctor"], ["doctor", "--sample", "0.5"],
     ["guard", "--once"], ["check", "--format", "json"], ["doctor", "--format", "json"],
+    ["top", "--once"], ["budget", "--sample", "0.5"],
 ])
 def test_5_every_command_that_loses_the_server_mid_run_says_so_in_one_line(
         args: list[str], pg: EmbeddedPostgres, fault_proxy: Callable[..., FaultProxy],
@@ -83,6 +84,19 @@ def test_5_every_command_that_loses_the_server_mid_run_says_so_in_one_line(
     assert "lost the connection to postgres@127.0.0.1" in r.err
     _one_clean_line(r.err)
     assert pg.password not in r.out + r.err
+
+
+def test_5_the_exporter_reports_a_server_lost_mid_scrape_as_down(
+        pg: EmbeddedPostgres, fault_proxy: Callable[..., FaultProxy],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The exporter never ends for a lost server: up 0 and one log line (--once: exit 3)."""
+    proxy = fault_proxy(pg.port)
+    proxy.drop_after_ready(1)
+    r = run_cli(capsys, "exporter", "--once", "--dsn", _proxy_dsn(pg, proxy))
+    assert proxy.dropped >= 1
+    assert r.code == 3, r
+    assert "pgwarden_up 0" in r.out.replace("{", " ").replace("}", " ") or "pgwarden_up 0" in r.out
+    assert "Traceback" not in r.err and pg.password not in r.out + r.err
 
 
 @pytest.mark.slow

@@ -23,7 +23,9 @@ engine = sa.create_engine(URL, pool_size=2)
 pgwarden.instrument(engine, name="orders-db")
 pool = psycopg_pool.ConnectionPool(DSN, min_size=0, max_size=2, name="jobs", open=True)
 pgwarden.instrument(pool)
+own = pgwarden.ConnectionPool(DSN, min_size=0, max_size=2, name="reports")
 kept = []
+own_kept = []
 
 
 def export_orders():
@@ -57,6 +59,14 @@ def test_marked_leaks_psycopg_pool():
     kept.append(pool.getconn())
 
 
+def build_report():
+    own_kept.append(own.getconn())  # pgwarden's own pool: no instrument() needed
+
+
+def test_leaks_a_pgwarden_pool_connection():
+    build_report()
+
+
 def test_last():
     pass  # the module's teardown runs in this test's teardown: after the leaks were checked
 
@@ -68,8 +78,11 @@ def teardown_module():
             conn.close()
         else:
             pool.putconn(conn)
+    for conn in own_kept:
+        own.putconn(conn)
     engine.dispose()
     pool.close()
+    own.close()
 '''
 
 
@@ -83,16 +96,19 @@ def leaky(pytester: pytest.Pytester, pg: EmbeddedPostgres) -> pytest.Pytester:
 def test_flag_fails_the_leaking_tests_naming_pool_location_and_holder(
         leaky: pytest.Pytester) -> None:
     result = leaky.runpytest("--pgwarden-leaks", *OPTIONS)
-    result.assert_outcomes(passed=5, errors=2)  # 5 tests: 2 of them leak
+    result.assert_outcomes(passed=6, errors=3)  # 6 tests: 3 of them leak
     out = result.stdout.str()
     result.stdout.fnmatch_lines([
         "*ERROR at teardown of test_leaks_a_sqlalchemy_connection*",
         "*test_leaks_a_sqlalchemy_connection ended with 1 connection(s) still checked out:",
         "*pool 'orders-db' (sqlalchemy): backend pid * held * s by MainThread at "
-        "test_leaky.py:17 in export_orders (idle)",
+        "test_leaky.py:19 in export_orders (idle)",
         "*ERROR at teardown of test_marked_leaks_psycopg_pool*",
-        "*pool 'jobs' (psycopg_pool): backend pid * by MainThread at test_leaky.py:44 in "
+        "*pool 'jobs' (psycopg_pool): backend pid * by MainThread at test_leaky.py:46 in "
         "test_marked_leaks_psycopg_pool (idle)",
+        "*ERROR at teardown of test_leaks_a_pgwarden_pool_connection*",
+        "*pool 'reports' (pgwarden): backend pid * by MainThread at test_leaky.py:50 in "
+        "build_report (idle)",
     ])
     assert "pluggy/" not in out and "_pytest/" not in out  # the stack shown is the test's
     assert "test_returns_everything" not in out.split("short test summary")[1]
@@ -101,5 +117,5 @@ def test_flag_fails_the_leaking_tests_naming_pool_location_and_holder(
 
 def test_without_the_flag_only_marked_tests_are_checked(leaky: pytest.Pytester) -> None:
     result = leaky.runpytest(*OPTIONS)
-    result.assert_outcomes(passed=5, errors=1)  # a teardown error is counted besides the pass
+    result.assert_outcomes(passed=6, errors=1)  # a teardown error is counted besides the pass
     result.stdout.fnmatch_lines(["*ERROR at teardown of test_marked_leaks_psycopg_pool*"])
