@@ -287,7 +287,7 @@ class Instrumentation:
         self._pooler_warned = True
         now = ", ".join(f"{s.name}={v!r}" for s, v in bad)
         logger.warning(
-            "pool %r (%s): behind %s (%s). Its driver settings %s make statements fail there "
+            "pool %r (%s): behind %s (%s). Its driver settings (%s) make statements fail there "
             "with 'prepared statement ... does not exist' or '... already exists'. "
             "instrument() cannot change the connections of a running pool: create it with %s. "
             "(In session mode nothing is needed: instrument(..., pgbouncer=False) silences "

@@ -211,8 +211,8 @@ def from_names(names: Sequence[str] | None, driver: str, key_pid: int, server_pi
     (:data:`DRIVER_PREFIXES`) means the pooler passed the name through: it does not track
     prepared statements; ``PGBOUNCER_`` means PgBouncer renamed it; any other name (or none:
     the pooler ran it unnamed) means the pooler manages them itself."""
-    evidence = (f"libpq's backend pid {key_pid} is not pg_backend_pid() {server_pid} on the "
-                "server")
+    evidence = (f"the backend pid of the cancel key, {key_pid}, is not pg_backend_pid() "
+                f"{server_pid} on the server")
     if names is None:
         return Pooler("pooler", pool_mode, tracks_prepared=None, evidence=evidence)
     prefix = DRIVER_PREFIXES.get(driver, "_pg3_")
