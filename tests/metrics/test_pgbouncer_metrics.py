@@ -173,3 +173,8 @@ def test_cli_exports_postgresql_and_pgbouncer_without_mixing_labels(
     assert sorted(m["pgwarden_pgbouncer_up"].values()) == [0.0, 1.0]
     assert "secret-pw" not in r.stdout + r.stderr
     assert "Traceback" not in r.stderr
+    # a malformed DSN: usage error, one line, no secret
+    r = pgwarden("exporter", "--once", "--pgbouncer",
+                 "postgresql://x:secret-pw@127.0.0.1:notaport/pgbouncer")
+    assert r.returncode == 64, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "secret-pw" not in r.stderr

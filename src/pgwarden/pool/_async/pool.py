@@ -726,8 +726,8 @@ class AsyncConnectionPool(_core.PoolProperties, Generic[ACT]):
             conn = None
             try:
                 conn = await self._connect(configure=False)
-                uptime = await self._drive(conn.pgconn, _core.uptime_probe(conn.pgconn),
-                                           deadline)
+                probe = _core.uptime_probe(conn.pgconn)
+                uptime = await self._drive(conn.pgconn, probe, deadline)
             except Exception as exc:
                 last = _core._first_line(exc)
             else:
@@ -800,8 +800,8 @@ class AsyncConnectionPool(_core.PoolProperties, Generic[ACT]):
     @staticmethod
     async def _server_pid(conn: Any) -> Any:
         async with conn.transaction():
-            row = await (await conn.execute(b"select pg_backend_pid()", prepare=False)
-                         ).fetchone()
+            cur = await conn.execute(b"select pg_backend_pid()", prepare=False)
+            row = await cur.fetchone()
         return row[0] if row else None
 
     async def _close_conn(self, conn: Any) -> None:

@@ -728,8 +728,8 @@ class ConnectionPool(_core.PoolProperties, Generic[CT]):
             conn = None
             try:
                 conn = self._connect(configure=False)
-                uptime = self._drive(conn.pgconn, _core.uptime_probe(conn.pgconn),
-                                           deadline)
+                probe = _core.uptime_probe(conn.pgconn)
+                uptime = self._drive(conn.pgconn, probe, deadline)
             except Exception as exc:
                 last = _core._first_line(exc)
             else:
@@ -802,8 +802,8 @@ class ConnectionPool(_core.PoolProperties, Generic[CT]):
     @staticmethod
     def _server_pid(conn: Any) -> Any:
         with conn.transaction():
-            row = (conn.execute(b"select pg_backend_pid()", prepare=False)
-                         ).fetchone()
+            cur = conn.execute(b"select pg_backend_pid()", prepare=False)
+            row = cur.fetchone()
         return row[0] if row else None
 
     def _close_conn(self, conn: Any) -> None:
