@@ -43,6 +43,7 @@ REPLACEMENTS = {
     "asleep": "sleep",
     "aspawn": "spawn",
     "await_fd": "wait_fd",
+    "adetect_psycopg": "detect_psycopg",
 }
 
 HEADER = (

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pgwarden.metrics import GUARD_METRICS, POOL_METRICS, SERVER_METRICS
+from pgwarden.metrics import GUARD_METRICS, PGBOUNCER_METRICS, POOL_METRICS, SERVER_METRICS
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "contrib" / "prometheus" / "pgwarden-alerts.yml"
@@ -22,7 +22,8 @@ USED_POOL_METRICS = {"pgwarden_pool_requests_waiting", "pgwarden_pool_timeouts_t
                      "pgwarden_pool_leaks_total"}
 POOL_SERIES = {s.exposed_name + suffix for s in POOL_METRICS
                for suffix in (("_bucket", "_count", "_sum") if s.kind == "histogram" else ("",))}
-SERVED = {s.exposed_name for s in SERVER_METRICS} | POOL_SERIES | {"up"}
+SERVED = ({s.exposed_name for s in (*SERVER_METRICS, *PGBOUNCER_METRICS)} | POOL_SERIES
+          | {"up"})
 
 
 def promtool() -> str:
@@ -36,7 +37,7 @@ def test_alerting_rules_pass_promtool_check() -> None:
     res = subprocess.run([promtool(), "check", "rules", str(RULES)], capture_output=True,
                          text=True, timeout=60, check=False)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "SUCCESS: 9 rules found" in res.stdout
+    assert "SUCCESS: 12 rules found" in res.stdout
 
 
 def test_alerting_rules_fire_as_their_unit_tests_say() -> None:
@@ -58,14 +59,15 @@ def test_rules_and_dashboard_use_only_metrics_pgwarden_serves() -> None:
     used = set().union(*(_metric_names(e) for e in exprs))
     assert used - SERVED == set()
     assert {"pgwarden_slots_usage_ratio", "pgwarden_oldest_idle_in_transaction_seconds",
-            "pgwarden_up"} | USED_POOL_METRICS <= used
+            "pgwarden_up", "pgwarden_pgbouncer_up", "pgwarden_pgbouncer_pool_clients",
+            "pgwarden_pgbouncer_pool_client_maxwait_seconds"} | USED_POOL_METRICS <= used
     assert USED_POOL_METRICS <= POOL_SERIES  # the names contrib was written against are served
 
 
 def test_every_metric_is_documented() -> None:
     docs = (ROOT / "docs" / "exporter.md").read_text()
     readme = (ROOT / "README.md").read_text()
-    for spec in (*SERVER_METRICS, *GUARD_METRICS, *POOL_METRICS):
+    for spec in (*SERVER_METRICS, *GUARD_METRICS, *POOL_METRICS, *PGBOUNCER_METRICS):
         assert f"`{spec.exposed_name}`" in docs, spec.exposed_name
     for spec in (*SERVER_METRICS, *POOL_METRICS):
         assert f"`{spec.exposed_name}`" in readme, spec.exposed_name

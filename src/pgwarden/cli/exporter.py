@@ -1,4 +1,5 @@
-"""``pgwarden exporter``: Prometheus metrics of one or more servers (docs/exporter.md).
+"""``pgwarden exporter``: Prometheus metrics of one or more servers and PgBouncers
+(docs/exporter.md).
 
 One long-lived connection per server (``application_name=pgwarden-exporter``), one snapshot
 per scrape at most every ``--min-interval`` seconds, ``pgwarden_up 0`` and one log line while a
@@ -34,6 +35,10 @@ DEFAULT_MAX_LABELS = 20
 @click.option("--dsn", "dsns", multiple=True, metavar="DSN",
               help="A server to export (repeatable; a target label is added when there are "
               "several). Default $DATABASE_URL, then libpq's PG* variables.")
+@click.option("--pgbouncer", "bouncers", multiple=True, metavar="DSN",
+              help="A PgBouncer admin console to export (database pgbouncer, a user in "
+              "admin_users or stats_users; repeatable, a target label when several). With "
+              "--pgbouncer and no --dsn only PgBouncer is exported.")
 @connect_timeout_option
 @click.option("--listen", default=DEFAULT_LISTEN, show_default=True, metavar="HOST:PORT",
               help="Where to serve /metrics; a non-loopback address only when given here.")
@@ -50,32 +55,46 @@ DEFAULT_MAX_LABELS = 20
               help="Databases with their own label value.")
 @click.option("--once", is_flag=True, help="Print the metrics once on stdout and exit.")
 @click.pass_context
-def exporter(ctx: click.Context, /, dsns: tuple[str, ...], connect_timeout: float, listen: str,
-             min_interval: float, max_applications: int, max_users: int, max_databases: int,
-             once: bool) -> None:
+def exporter(ctx: click.Context, /, dsns: tuple[str, ...], bouncers: tuple[str, ...],
+             connect_timeout: float, listen: str, min_interval: float, max_applications: int,
+             max_users: int, max_databases: int, once: bool) -> None:
     """Prometheus metrics of PostgreSQL servers: slots, sessions by state and application,
     oldest idle and idle-in-transaction sessions, lock waits, new sessions, the doctor's
-    findings. Docs: docs/exporter.md"""
+    findings; and of PgBouncers (--pgbouncer): pools, clients waiting, stats, limits.
+    Docs: docs/exporter.md"""
     prom = extra_module("prometheus_client", "metrics")
+    from ..metrics.pgbouncer import BouncerScraper
     from ..metrics.registry import parse_listen, serve
     from ..metrics.server import Caps, ServerCollector, TargetScraper
 
     address = parse_listen(listen)
     caps = Caps(applications=max_applications, users=max_users, databases=max_databases)
     targets = [resolve_target(d, command="exporter", connect_timeout=connect_timeout)
-               for d in (dsns or (None,))]
-    collector = ServerCollector([TargetScraper(t, min_interval=min_interval, caps=caps)
-                                 for t in targets])
+               for d in (dsns or (() if bouncers else (None,)))]
+    bouncer_targets = [resolve_target(d, command="exporter", connect_timeout=connect_timeout)
+                       for d in bouncers]
+    # one collector per kind: a target label only where there are several of that kind, so
+    # adding a PgBouncer does not change the PostgreSQL series
+    collectors = []
+    if targets:
+        collectors.append(ServerCollector([TargetScraper(t, min_interval=min_interval,
+                                                         caps=caps) for t in targets]))
+    if bouncer_targets:
+        collectors.append(ServerCollector([BouncerScraper(t, min_interval=min_interval,
+                                                          caps=caps) for t in bouncer_targets]))
     registry = prom.CollectorRegistry()
-    registry.register(collector)
+    for collector in collectors:
+        registry.register(collector)
+    scrapers = [s for c in collectors for s in c.scrapers]
     if once:
         try:
             text = prom.generate_latest(registry).decode()
         finally:
-            collector.close()
+            for collector in collectors:
+                collector.close()
         with report():
             click.echo(text, nl=False)
-        ctx.exit(EXIT["ok"] if all(s.up for s in collector.scrapers) else EXIT["cannot_connect"])
+        ctx.exit(EXIT["ok"] if all(s.up for s in scrapers) else EXIT["cannot_connect"])
 
     stop = threading.Event()
     stopped_by: list[int] = []
@@ -87,13 +106,14 @@ def exporter(ctx: click.Context, /, dsns: tuple[str, ...], connect_timeout: floa
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         with serve(registry, address) as server:
-            where = ", ".join(s.label for s in collector.scrapers)
+            where = ", ".join(s.label for s in scrapers)
             click.echo(f"pgwarden exporter: serving {server.url} for {where}; SIGTERM stops",
                        err=True)
             stop.wait()
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        collector.close()
+        for collector in collectors:
+            collector.close()
     ctx.exit(EXIT["interrupted"] if stopped_by and stopped_by[0] == signal.SIGINT
              else EXIT["ok"])

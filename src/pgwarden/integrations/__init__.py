@@ -54,7 +54,7 @@ def instrumentation_of(target: Any) -> Instrumentation | None:
 
 def instrument(target: Any, *, name: str | None = None, leak_threshold: float | None = 60.0,
                reclaim: bool = True, skip_modules: tuple[str, ...] = (),
-               stack_depth: int | None = None) -> Instrumentation:
+               stack_depth: int | None = None, pgbouncer: Any = None) -> Instrumentation:
     """Instrument a pool: record every checkout's holder (thread or task, code location,
     backend pid, transaction state), log checkouts held past ``leak_threshold`` once with their
     stack and "unleaked" when they come back, report connections the application dropped while
@@ -86,7 +86,7 @@ def instrument(target: Any, *, name: str | None = None, leak_threshold: float | 
     Raises:
         TypeError: ``target`` is none of the above (the message lists what is supported).
         ValueError: ``leak_threshold`` is not a positive number or ``None``; ``stack_depth``
-            is not a positive integer.
+            is not a positive integer; ``pgbouncer`` is none of the above.
     """
     adapter = _adapter_for(target)
     if adapter is None:
@@ -102,8 +102,12 @@ def instrument(target: Any, *, name: str | None = None, leak_threshold: float | 
     if stack_depth is not None and (isinstance(stack_depth, bool) or not isinstance(
             stack_depth, int) or stack_depth < 1):
         raise ValueError(f"stack_depth must be a positive number of frames, got {stack_depth!r}")
+    from ..pgbouncer.detect import coerce
+
+    told = coerce(pgbouncer)
     handle: Instrumentation = adapter.instrument(target, name=name,
                                                  leak_threshold=leak_threshold, reclaim=reclaim)
     if stack_depth is not None:
         handle.stack_depth = stack_depth
+    handle._tell_pooler(told)
     return handle

@@ -16,6 +16,7 @@ started with the first instrumentation and started again in a forked child.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import collections
 import logging
@@ -30,6 +31,8 @@ from typing import Any, ClassVar
 from ..observe import Holder, PoolStats, Sizes, TrackedConnection, Tracker
 from ..observe.holders import RawStack, skip_files
 from ..observe.registry import register, unregister
+from ..pgbouncer.detect import Pooler
+from ..pgbouncer.drivers import Setting
 
 __all__ = [
     "WAITED_AFTER",
@@ -48,6 +51,11 @@ logger = logging.getLogger("pgwarden.integrations")
 #: so the adapters judge by the time ``getconn`` / ``acquire`` took (which includes opening a
 #: connection when the library opens one for the caller).
 WAITED_AFTER = 0.001
+
+#: What a pooler that shares server sessions and does not track prepared statements needs
+#: (PgBouncer 1.18 in transaction mode): when a pool's settings already satisfy it, nothing is
+#: probed at all.
+_WORST = Pooler("pooler", "transaction", tracks_prepared=False, evidence="worst case")
 
 #: libpq's ``PQtransactionStatus`` codes (psycopg 3 ``TransactionStatus``, psycopg2
 #: ``TRANSACTION_STATUS_*``) in ``pg_stat_activity.state`` words.
@@ -224,6 +232,83 @@ class Instrumentation:
         register(self.tracker)
         _scanner.add(self)
 
+    # -- behind PgBouncer (connect time only) --------------------------------------------------
+
+    #: The :data:`pgwarden.pgbouncer.drivers.DRIVERS` name of the pool's driver (``""``: none
+    #: of the rules concern it, e.g. psycopg2, which never prepares on the server).
+    driver: str = ""
+    #: what sits between the pool and PostgreSQL: told (``instrument(pgbouncer=...)``) or
+    #: detected on the first connection opened after instrumenting; ``None`` until then
+    pooler: Pooler | None = None
+    _pooler_busy = False
+    _pooler_warned = False
+
+    def _tell_pooler(self, pooler: Pooler | None) -> None:
+        """``instrument(pgbouncer=...)``: the settings are judged at once (with what the
+        adapter can read without a connection), else at the first new connection."""
+        if pooler is None:
+            return
+        self.pooler = pooler
+        current = self._pool_settings()
+        if current is not None:
+            self._judge(pooler, current)
+
+    def _pool_settings(self) -> dict[str, Any] | None:
+        """The pool's driver settings readable without a connection (``None``: not readable
+        before a connection exists)."""
+        return None
+
+    def _needs_probe(self, current: dict[str, Any]) -> bool:
+        """Whether detection is worth a round trip: the settings would break behind a PgBouncer
+        that shares server sessions and does not track prepared statements."""
+        if self.pooler is not None or self._pooler_busy or not self.driver:
+            return False
+        return bool(self._unsatisfied(_WORST, current))
+
+    def _unsatisfied(self, pooler: Pooler, current: dict[str, Any]) -> list[tuple[Setting, Any]]:
+        adv = pooler.advice(self.driver, libpq_version=_libpq_version())
+        return [(s, current[s.name]) for s in adv.settings
+                if s.name in current and not _satisfies(s, current[s.name])]
+
+    def _judge(self, pooler: Pooler, current: dict[str, Any]) -> None:
+        """Warn once, on the ``pgwarden.integrations`` logger, naming each setting to change,
+        when the pool's settings break behind ``pooler``."""
+        self.pooler = pooler
+        if not pooler.behind:
+            logger.debug("pool %r: %s", self.name, pooler.describe())
+            return
+        bad = self._unsatisfied(pooler, current)
+        if not bad:
+            logger.info("pool %r (%s): behind %s (%s); its settings fit", self.name,
+                        self.library, pooler.describe(), pooler.evidence)
+            return
+        if self._pooler_warned:
+            return
+        self._pooler_warned = True
+        now = ", ".join(f"{s.name}={v!r}" for s, v in bad)
+        logger.warning(
+            "pool %r (%s): behind %s (%s). Its driver settings (%s) make statements fail there "
+            "with 'prepared statement ... does not exist' or '... already exists'. "
+            "instrument() cannot change the connections of a running pool: create it with %s. "
+            "(In session mode nothing is needed: instrument(..., pgbouncer=False) silences "
+            "this.)", self.name, self.library, pooler.describe(), pooler.evidence, now,
+            self._how(tuple(s for s, _ in bad)))
+
+    def _how(self, settings: tuple[Setting, ...]) -> str:
+        """Where the settings go, in the library's words (adapters say it better)."""
+        return "; ".join(f"{s.name}={s.value} ({s.where})" for s in settings)
+
+    def _detected(self, pooler: Pooler | None, current: dict[str, Any]) -> None:
+        self._pooler_busy = False
+        if pooler is not None:
+            self._judge(pooler, current)
+
+    def _probe_failed(self, exc: BaseException) -> None:
+        """Detection failed on this connection (it is left to the library): try again on the
+        next one."""
+        self._pooler_busy = False
+        logger.debug("pool %r: pooler detection failed: %s", self.name, exc)
+
     # -- what the application asks ------------------------------------------------------------
 
     @property
@@ -356,6 +441,26 @@ class Instrumentation:
             rec.out = False
             rec.handle = None
         self._out.clear()
+
+
+def _libpq_version() -> int | None:
+    try:
+        from psycopg import pq
+
+        return int(pq.version())
+    except Exception:  # psycopg without a libpq, or missing
+        return None
+
+
+def _satisfies(setting: Setting, current: Any) -> bool:
+    """Whether a pool's current value is the one ``setting`` asks for (a literal such as
+    ``None`` or ``0`` compared as a value; a callable setting is satisfied by any callable the
+    user gave)."""
+    try:
+        wanted = ast.literal_eval(setting.value)
+    except (ValueError, SyntaxError):
+        return current is not None
+    return bool(current == wanted and type(current) is type(wanted))
 
 
 def skip_library(module: Any) -> None:

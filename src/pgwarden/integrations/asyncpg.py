@@ -44,6 +44,8 @@ from asyncpg.pool import Pool
 
 from ..observe import Sizes, TrackedConnection
 from ..observe.holders import capture_stack
+from ..pgbouncer.detect import adetect_asyncpg
+from ..pgbouncer.drivers import Setting
 from ._base import WAITED_AFTER, ExplainedError, Instrumentation, task_or_thread
 from ._base import skip_library as _skip_library
 
@@ -86,6 +88,7 @@ class AsyncpgInstrumentation(Instrumentation):
     """The handle of an instrumented asyncpg pool (see the module docstring)."""
 
     library = "asyncpg"
+    driver = "asyncpg"
 
     def __init__(self, pool: Pool, *, name: str, leak_threshold: float | None,
                  reclaim: bool) -> None:
@@ -218,6 +221,36 @@ class AsyncpgInstrumentation(Instrumentation):
         with contextlib.suppress(RuntimeError):  # the loop is closed
             asyncio.run_coroutine_threadsafe(give_back(), loop)
 
+    # -- behind PgBouncer (connect time) ----------------------------------------------------
+
+    def _pool_settings(self) -> dict[str, Any] | None:
+        # PRIVATE read: the keyword arguments create_pool() keeps for its connections
+        kwargs = getattr(self.pool, "_connect_kwargs", None)
+        if not isinstance(kwargs, dict):
+            return None
+        return {"statement_cache_size": kwargs.get("statement_cache_size", 100)}
+
+    async def _check_pooler(self, con: Any) -> None:
+        """On a connection asyncpg has just opened (nobody uses it yet): detect what is in
+        between when the statement cache would break behind PgBouncer, and judge."""
+        # PRIVATE read: the size of the connection's statement cache
+        cache = getattr(con, "_stmt_cache", None)
+        size = cache.get_max_size() if cache is not None else None
+        current = {"statement_cache_size": size}
+        if size is None or not self._needs_probe(current):
+            return
+        self._pooler_busy = True
+        try:
+            pooler = await adetect_asyncpg(con)
+        except Exception as exc:
+            self._probe_failed(exc)
+        else:
+            self._detected(pooler, current)
+
+    def _how(self, settings: tuple[Setting, ...]) -> str:
+        args = ", ".join(f"{s.name}={s.value}" for s in settings)
+        return f"asyncpg.create_pool(..., {args})"
+
     def _undo(self) -> None:
         if type(self.pool).__dict__.get("_pgwarden") is self:
             self.pool.__class__ = self.base
@@ -250,6 +283,7 @@ def _subclass(base: type[Pool], handle: AsyncpgInstrumentation) -> type[Pool]:
             raise
         if not handle.removed:
             handle._record(con, time.monotonic() - t0)
+            await handle._check_pooler(con)
         return con
 
     for fn, original in ((acquire, base.acquire), (release, base.release)):

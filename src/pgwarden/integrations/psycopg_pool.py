@@ -33,6 +33,8 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 from ..observe import Sizes, TrackedConnection
 from ..observe.holders import capture_stack
+from ..pgbouncer.detect import adetect_psycopg, detect_psycopg
+from ..pgbouncer.drivers import Setting
 from ._base import WAITED_AFTER, ExplainedError, Instrumentation, backend_pid, task_or_thread
 from ._base import skip_library as _skip_library
 
@@ -54,6 +56,7 @@ class PsycopgPoolInstrumentation(Instrumentation):
     """The handle of an instrumented psycopg_pool pool (see the module docstring)."""
 
     library = "psycopg_pool"
+    driver = "psycopg"
 
     def __init__(self, pool: Any, *, name: str, leak_threshold: float | None,
                  reclaim: bool) -> None:
@@ -132,6 +135,50 @@ class PsycopgPoolInstrumentation(Instrumentation):
             with self.lock:
                 self.tracker.checkin(rec, time.monotonic())
 
+    # -- behind PgBouncer (connect time) ----------------------------------------------------
+
+    def _pool_settings(self) -> dict[str, Any] | None:
+        kwargs = self.pool.kwargs
+        if callable(kwargs):
+            return None
+        kwargs = kwargs or {}
+        return {"prepare_threshold": kwargs.get("prepare_threshold", 5),
+                "prepared_max": kwargs.get("prepared_max", 100)}
+
+    @staticmethod
+    def _settings_of(conn: Any) -> dict[str, Any]:
+        return {"prepare_threshold": conn.prepare_threshold, "prepared_max": conn.prepared_max}
+
+    def _check_pooler(self, conn: Any) -> None:
+        """On a connection psycopg_pool has just opened (before it serves anyone)."""
+        current = self._settings_of(conn)
+        if not self._needs_probe(current):
+            return
+        self._pooler_busy = True
+        try:
+            pooler = detect_psycopg(conn)
+        except Exception as exc:
+            self._probe_failed(exc)
+        else:
+            self._detected(pooler, current)
+
+    async def _acheck_pooler(self, conn: Any) -> None:
+        current = self._settings_of(conn)
+        if not self._needs_probe(current):
+            return
+        self._pooler_busy = True
+        try:
+            pooler = await adetect_psycopg(conn)
+        except Exception as exc:
+            self._probe_failed(exc)
+        else:
+            self._detected(pooler, current)
+
+    def _how(self, settings: tuple[Setting, ...]) -> str:
+        kwargs = ", ".join(f'"{s.name}": {s.value}' for s in settings)
+        cls = "AsyncConnectionPool" if self.is_async else "ConnectionPool"
+        return f"{cls}(..., kwargs={{{kwargs}}})"
+
     def _undo(self) -> None:
         for attr in _WRAPPED:
             fn = self.pool.__dict__.get(attr)
@@ -209,6 +256,7 @@ def _wrap_connect(handle: PsycopgPoolInstrumentation, pool: Any) -> None:
                 handle.tracker.connect_failed()
             raise
         handle._record(conn, time.monotonic() - t0)
+        await handle._acheck_pooler(conn)
         return conn
 
     def wrapped(timeout: float | None = None) -> Any:
@@ -220,6 +268,7 @@ def _wrap_connect(handle: PsycopgPoolInstrumentation, pool: Any) -> None:
                 handle.tracker.connect_failed()
             raise
         handle._record(conn, time.monotonic() - t0)
+        handle._check_pooler(conn)
         return conn
 
     _set(pool, "_connect", wrapped_async if handle.is_async else wrapped)

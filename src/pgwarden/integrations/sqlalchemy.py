@@ -40,6 +40,8 @@ from sqlalchemy.pool import Pool, QueuePool
 
 from ..observe import Sizes, TrackedConnection
 from ..observe.holders import capture_stack, skip_files
+from ..pgbouncer.detect import adetect_asyncpg, adetect_psycopg, detect_psycopg
+from ..pgbouncer.drivers import Setting
 from ._base import (
     WAITED_AFTER,
     ExplainedError,
@@ -64,6 +66,10 @@ skip_files("<sqlalchemy generated", "<string>")
 _KEY = "pgwarden.tracked"
 _ATTR = "_pgwarden_instrumentation"
 _numbers = itertools.count(1)
+#: SQLAlchemy's driver name -> :data:`pgwarden.pgbouncer.drivers.DRIVERS` (psycopg2 never
+#: prepares on the server: nothing to check)
+_DRIVERS = {"psycopg": "sqlalchemy+psycopg", "psycopg_async": "sqlalchemy+psycopg",
+            "asyncpg": "sqlalchemy+asyncpg"}
 
 
 class ExplainedTimeoutError(exc.TimeoutError, ExplainedError):
@@ -99,6 +105,7 @@ class SQLAlchemyInstrumentation(Instrumentation):
                          reclaim=reclaim)
         dialect = engine.dialect if engine is not None else getattr(pool, "_dialect", None)
         self.is_async = bool(getattr(dialect, "is_async", False))
+        self.driver = _DRIVERS.get(str(getattr(dialect, "driver", "")), "")
         self._holder = task_or_thread if self.is_async else threading.current_thread
         self._listeners = (
             ("connect", self._on_connect),
@@ -150,6 +157,60 @@ class SQLAlchemyInstrumentation(Instrumentation):
         elapsed = max(0.0, time.time() - started) if started else 0.0
         with self.lock:
             self.tracker.connected(rec, elapsed)
+        if self.driver and self.pooler is None:
+            self._check_pooler(dbapi_connection)
+
+    # -- behind PgBouncer (connect time) ----------------------------------------------------
+
+    def _settings_of(self, dbapi_connection: Any) -> dict[str, Any]:
+        driver = getattr(dbapi_connection, "driver_connection", dbapi_connection)
+        if self.driver == "sqlalchemy+psycopg":
+            return {"prepare_threshold": driver.prepare_threshold,
+                    "prepared_max": driver.prepared_max}
+        # PRIVATE reads: the asyncpg dialect's adapted connection keeps its prepared statement
+        # cache (None when prepared_statement_cache_size=0) and name function; asyncpg its
+        # statement cache
+        cache = getattr(dbapi_connection, "_prepared_statement_cache", None)
+        name_func = getattr(dbapi_connection, "_prepared_statement_name_func", None)
+        default = getattr(dbapi_connection, "_default_name_func", None)
+        stmt_cache = getattr(driver, "_stmt_cache", None)
+        return {
+            "statement_cache_size": stmt_cache.get_max_size() if stmt_cache is not None else 0,
+            "prepared_statement_cache_size": getattr(cache, "capacity", 100) if cache else 0,
+            "prepared_statement_name_func": None if name_func == default else name_func,
+        }
+
+    def _check_pooler(self, dbapi_connection: Any) -> None:
+        """On a connection the pool has just opened (SQLAlchemy's ``connect`` event, before it
+        serves anyone): detect what is in between when the dialect's settings would break
+        behind PgBouncer, and judge. asyncio dialects run the probe through the adapted
+        connection's ``run_async()`` (SQLAlchemy's public API for awaitable driver calls in
+        pool events)."""
+        try:
+            current = self._settings_of(dbapi_connection)
+        except Exception as exc:  # an adapted connection of another shape: leave it
+            self._probe_failed(exc)
+            return
+        if not self._needs_probe(current):
+            return
+        self._pooler_busy = True
+        try:
+            if self.driver == "sqlalchemy+asyncpg":
+                pooler = dbapi_connection.run_async(adetect_asyncpg)
+            elif self.is_async:
+                pooler = dbapi_connection.run_async(adetect_psycopg)
+            else:
+                driver = getattr(dbapi_connection, "driver_connection", dbapi_connection)
+                pooler = detect_psycopg(driver)
+        except Exception as exc:
+            self._probe_failed(exc)
+        else:
+            self._detected(pooler, current)
+
+    def _how(self, settings: tuple[Setting, ...]) -> str:
+        args = ", ".join(f'"{s.name}": {s.value}' for s in settings)
+        make = "create_async_engine" if self.is_async else "create_engine"
+        return f"{make}(url, connect_args={{{args}}})"
 
     def _async_stack(self) -> Any:
         # the sync side runs in a greenlet whose frames end at SQLAlchemy's bridge: add the

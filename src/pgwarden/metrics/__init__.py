@@ -1,6 +1,7 @@
 """Prometheus metrics: one set of conventions (:mod:`.registry`: names, labels, caps, the HTTP
 endpoint) and one ``prometheus_client`` collector per source — the server's
-(:mod:`.server`, ``pgwarden exporter``), the guard's (:mod:`.guard`,
+(:mod:`.server`, ``pgwarden exporter``), PgBouncer's (:mod:`.pgbouncer`, ``pgwarden exporter
+--pgbouncer``), the guard's (:mod:`.guard`,
 ``pgwarden guard --metrics-listen``) and the pools' (:mod:`.pools`: every pool of the
 application's process; :mod:`.multiprocess` for prometheus_client's multiprocess mode) — and
 the application's holders as JSON (:mod:`.holders`). Every metric is documented in
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from .holders import holders_document, serve_holders
     from .listen import parse_listen
     from .multiprocess import PoolMetricsPublisher, publish_pool_metrics
+    from .pgbouncer import PGBOUNCER_METRICS, BouncerScraper, bouncer_samples
     from .pools import (
         POOL_METRICS,
         PoolCollector,
@@ -35,8 +37,10 @@ if TYPE_CHECKING:
 __all__ = [
     "GUARD_METRICS",
     "OTHER",
+    "PGBOUNCER_METRICS",
     "POOL_METRICS",
     "SERVER_METRICS",
+    "BouncerScraper",
     "Caps",
     "Endpoint",
     "GuardCollector",
@@ -48,6 +52,7 @@ __all__ = [
     "Sample",
     "ServerCollector",
     "TargetScraper",
+    "bouncer_samples",
     "holders_document",
     "parse_listen",
     "pool_samples",
@@ -65,6 +70,8 @@ _WHERE = {
     "GUARD_METRICS": "guard", "GuardCollector": "guard",
     "holders_document": "holders", "serve_holders": "holders",
     "parse_listen": "listen",
+    "PGBOUNCER_METRICS": "pgbouncer", "BouncerScraper": "pgbouncer",
+    "bouncer_samples": "pgbouncer",
     "PoolMetricsPublisher": "multiprocess", "publish_pool_metrics": "multiprocess",
     "POOL_METRICS": "pools", "PoolCollector": "pools", "pool_samples": "pools",
     "register_pool_metrics": "pools", "serve_pool_metrics": "pools",

@@ -273,26 +273,42 @@ class TargetScraper:
                 return self._samples
             self._taken = now
             started = time.perf_counter()
+            up = self._specs[0]
             try:
-                snap = self._snapshot()
-                findings = evaluate(snap, self.thresholds)
-                body = server_samples(snap, findings, self.caps)
+                body = self._body()
             except (ConnectError, psycopg.Error) as exc:
                 self.errors += 1
                 self._down(exc)
-                self._samples = [Sample(UP, (), 0.0), *self._counters()]
+                self._samples = [Sample(up, (), 0.0), *self._counters()]
                 return self._samples
             self.snapshots += 1
             if self._up is False:
-                logger.warning("%s is back: pgwarden_up 1", self.label)
+                logger.warning("%s is back: %s 1", self.label, up.name)
             self._up, self._problem = True, None
-            self._samples = [Sample(UP, (), 1.0),
-                             Sample(SCRAPE_DURATION, (), time.perf_counter() - started),
+            self._samples = [Sample(up, (), 1.0),
+                             Sample(self._specs[1], (), time.perf_counter() - started),
                              *self._counters(), *body]
             return self._samples
 
+    #: up, scrape duration, snapshots, scrape errors (a subclass for another source names its
+    #: own: :class:`pgwarden.metrics.pgbouncer.BouncerScraper`)
+    _specs = (UP, SCRAPE_DURATION, SNAPSHOTS, SCRAPE_ERRORS)
+
     def _counters(self) -> list[Sample]:
-        return [Sample(SNAPSHOTS, (), self.snapshots), Sample(SCRAPE_ERRORS, (), self.errors)]
+        return [Sample(self._specs[2], (), self.snapshots),
+                Sample(self._specs[3], (), self.errors)]
+
+    def _body(self) -> list[Sample]:
+        """One snapshot's samples (the doctor's rules on it included)."""
+        snap = self._snapshot()
+        findings = evaluate(snap, self.thresholds)
+        return server_samples(snap, findings, self.caps)
+
+    def _open(self) -> psycopg.Connection[Any]:
+        return connect(self.target)
+
+    def _take(self, conn: psycopg.Connection[Any]) -> Any:
+        return postgres.take(conn, query_chars=0)
 
     def _snapshot(self) -> Snapshot:
         """A snapshot on the long-lived connection; a connection found lost (a restart, a
@@ -303,11 +319,11 @@ class TargetScraper:
             fresh = conn is None or conn.closed or conn.broken
             if fresh:
                 self.close()
-                conn = self._conn = connect(self.target)
+                conn = self._conn = self._open()
                 logger.info("%s: connected as backend %s", self.label, conn.info.backend_pid)
             assert conn is not None
             try:
-                return postgres.take(conn, query_chars=0)
+                return self._take(conn)  # type: ignore[no-any-return]
             except psycopg.OperationalError:
                 self.close()
                 if fresh or attempt == 2:
@@ -328,7 +344,7 @@ class TargetScraper:
             meaning = f" ({failure.title})" if failure.title else ""
             problem = f"lost the connection: {failure.said}{meaning}"
         if problem != self._problem:
-            logger.warning("%s: pgwarden_up 0: %s", self.label, problem)
+            logger.warning("%s: %s 0: %s", self.label, self._specs[0].name, problem)
         else:
             logger.debug("%s: still down: %s", self.label, problem)
         self._up, self._problem = False, problem

@@ -136,7 +136,8 @@ def tracks_prepared_statements(version: Version, max_prepared_statements: int | 
 
 
 def advice(driver: str, *, pool_mode: str, version: Version,
-           max_prepared_statements: int | None = None) -> DriverAdvice:
+           max_prepared_statements: int | None = None,
+           libpq_version: int | None = None) -> DriverAdvice:
     """What ``driver`` needs behind a PgBouncer of ``version`` in ``pool_mode``.
 
     Args:
@@ -144,6 +145,11 @@ def advice(driver: str, *, pool_mode: str, version: Version,
         pool_mode: ``session``, ``transaction`` or ``statement``.
         version: the PgBouncer version.
         max_prepared_statements: its setting (``None``: the version's default).
+        libpq_version: the client's libpq (``psycopg.pq.version()``, e.g. ``170002``), for
+            psycopg's rule on a PgBouncer that tracks prepared statements: before libpq 17
+            psycopg deallocates with SQL ``DEALLOCATE name``, which PgBouncer does not
+            support, so ``prepared_max=None`` (never deallocate) is added. ``None``: unknown
+            (the advice then says it in a note).
 
     Raises:
         ValueError: an unknown driver or pool mode.
@@ -158,7 +164,14 @@ def advice(driver: str, *, pool_mode: str, version: Version,
     tracked = tracks_prepared_statements(version, max_prepared_statements)
     psycopg_ok = tracked and version.at_least(1, 22)
     name = f"{driver}"
+    old_libpq = libpq_version is not None and libpq_version < 170000
     if driver == "psycopg":
+        if psycopg_ok and old_libpq:
+            return DriverAdvice(name, (Setting("prepared_max", "None",
+                                               "psycopg.connect() / the pool's kwargs"),), (
+                f"libpq {libpq_version} deallocates with SQL DEALLOCATE, which PgBouncer does "
+                "not support: prepared_max=None keeps every statement (PgBouncer's "
+                "max_prepared_statements bounds the server side)",), True, _SRC["psycopg"])
         if psycopg_ok:
             return DriverAdvice(name, (), (
                 "psycopg >= 3.2 with libpq >= 17 keeps its prepared statements (PgBouncer "

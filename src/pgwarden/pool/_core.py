@@ -10,6 +10,7 @@ it calls the methods that change state with its lock held.
 
 from __future__ import annotations
 
+import ast
 import logging
 import os
 import random
@@ -30,6 +31,8 @@ from ..diagnose import classify
 from ..errors import ConfigError, PoolTimeout
 from ..observe import Holder, RawStack, Sizes, TrackedConnection, Tracker
 from ..observe.holders import format_location, holder_name
+from ..pgbouncer import detect
+from ..pgbouncer.detect import Pooler
 
 logger = logging.getLogger("pgwarden.pool")
 
@@ -140,8 +143,11 @@ def static_defaults(config: Config) -> dict[str, str] | None:
 
 
 def connect_params(conninfo: str, kwargs: dict[str, Any] | None,
-                   defaults: dict[str, str] | None, config: Config) -> dict[str, Any]:
-    """Keyword arguments for ``connect()``: ``kwargs`` plus the defaults they lack."""
+                   defaults: dict[str, str] | None, config: Config,
+                   pooler_kw: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Keyword arguments for ``connect()``: ``kwargs`` plus the defaults they lack, plus what
+    the driver needs behind the pooler (``pooler_kw``, :meth:`Core.detected`) where
+    ``kwargs`` do not say otherwise."""
     kwargs = kwargs or {}
     kw = dict(kwargs)
     if defaults is None:
@@ -149,7 +155,92 @@ def connect_params(conninfo: str, kwargs: dict[str, Any] | None,
     if "application_name" in defaults:
         defaults = {**defaults, "application_name": default_application_name()}
     kw.update(defaults)
+    if pooler_kw:
+        for key, value in pooler_kw.items():
+            kw.setdefault(key, value)
     return kw
+
+
+# -- behind PgBouncer ----------------------------------------------------------------------
+
+#: The uptime probe of a replay behind a pooler: seconds since the postmaster started, at the
+#: instant the server ran the query (PostgreSQL docs, "Session Information Functions":
+#: ``pg_postmaster_start_time()``; "Date/Time Functions": ``statement_timestamp()``).
+UPTIME_QUERY = (b"select extract(epoch from statement_timestamp() - pg_postmaster_start_time())"
+                b"::float8")
+
+
+def pooler_kwargs(pooler: Pooler, libpq_version: int) -> dict[str, Any]:
+    """The psycopg connection parameters behind ``pooler``: the settings
+    :meth:`~pgwarden.pgbouncer.detect.Pooler.advice` gives for ``psycopg``
+    (``prepare_threshold=None`` unless PgBouncer >= 1.22 tracks prepared statements;
+    ``prepared_max=None`` there with a libpq older than 17), as Python values."""
+    adv = pooler.advice("psycopg", libpq_version=libpq_version)
+    return {s.name: ast.literal_eval(s.value) for s in adv.settings}
+
+
+def restarted_since(uptime: float, held_for: float) -> bool:
+    """Behind a pooler, whether PostgreSQL restarted while a statement ran: its uptime
+    (:data:`UPTIME_QUERY`, seconds) is shorter than the time since the connection was checked
+    out (the statement was sent after the checkout and the restart killed it). A session
+    ended by ``pg_terminate_backend`` on a server up for longer is not a restart. A restart
+    right before the checkout followed by a ``pg_terminate_backend`` is indistinguishable from
+    one during the statement (docs/pgbouncer.md, "Pools behind PgBouncer")."""
+    return uptime < held_for
+
+
+def uptime_probe(pgconn: Any) -> Generator[int, None, float]:
+    """Send :data:`UPTIME_QUERY` and read its answer; yields WAIT_R/WAIT_W while the socket
+    must be waited on; returns the server's uptime in seconds.
+
+    Raises:
+        ProbeFailed: the pooler or the server answered with an error (PgBouncer's ``server
+            login has been failing``, ``query_wait_timeout``, a shutdown's 57P01 ...).
+    """
+    if pgconn.status != CONN_OK:
+        raise ProbeFailed("connection is closed")
+    pgconn.send_query(UPTIME_QUERY)
+    while pgconn.flush():
+        yield WAIT_W
+    while True:
+        pgconn.consume_input()
+        if not pgconn.is_busy():
+            break
+        yield WAIT_R
+    value: float | None = None
+    error = ""
+    while True:
+        res = pgconn.get_result()
+        if res is None:
+            break
+        if res.status == pq.ExecStatus.TUPLES_OK and res.ntuples == 1:
+            raw = res.get_value(0, 0)
+            value = float(raw) if raw is not None else None
+        else:
+            error = res.error_message.decode(errors="replace").strip() or str(res.status)
+    if value is None:
+        raise ProbeFailed(error or "no answer to the uptime query")
+    return value
+
+
+def log_detected(pool_name: str, pooler: Pooler, kw: dict[str, Any],
+                 given: dict[str, Any] | None) -> None:
+    """One line when the pool finds out what it talks to (INFO behind a pooler, DEBUG for a
+    direct connection); a WARNING when the pool's ``kwargs`` keep a setting the pooler
+    breaks."""
+    if not pooler.behind:
+        logger.debug("pool %r: %s (%s)", pool_name, pooler.describe(), pooler.evidence)
+        return
+    settings = ", ".join(f"{k}={v!r}" for k, v in kw.items()) or "nothing changed"
+    logger.info("pool %r: behind %s (%s); connections get: %s", pool_name, pooler.describe(),
+                pooler.evidence, settings)
+    for key, value in kw.items():
+        if given and key in given and given[key] != value:
+            logger.warning(
+                "pool %r: behind %s, but its kwargs set %s=%r: statements will fail with "
+                "'prepared statement \"_pg3_0\" does not exist' or '... already exists'; "
+                "remove it (the pool sets %s=%r) or pass pgbouncer=False if this is wrong",
+                pool_name, pooler.describe(), key, given[key], key, value)
 
 
 def tx_state(conn: Any) -> str:
@@ -245,6 +336,8 @@ class Config:
     validation_window: float
     validation_timeout: float
     connection_defaults: bool
+    #: what sits between the pool and PostgreSQL when told (``None``: detect)
+    pgbouncer: Pooler | None = None
 
 
 _num_pool = 0
@@ -267,8 +360,13 @@ def make_config(
     validation_window: float,
     validation_timeout: float,
     connection_defaults: bool,
+    pgbouncer: Any = None,
 ) -> Config:
     global _num_pool
+    try:
+        told = detect.coerce(pgbouncer)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     min_size, max_size = check_sizes(min_size, max_size)
     if not isinstance(conninfo, str) and not callable(conninfo):
         raise ConfigError("conninfo must be a string (a postgresql:// URL or key=value pairs) "
@@ -312,6 +410,7 @@ def make_config(
         validation_window=float(validation_window),
         validation_timeout=float(validation_timeout),
         connection_defaults=connection_defaults,
+        pgbouncer=told,
     )
 
 
@@ -399,6 +498,14 @@ class Core:
         #: what the failing attempts mean (pgwarden.diagnose.KINDS), None while connecting works
         self.failure_kind: str | None = None
         self.lifetime_jitter = 0.1
+        #: what sits between the pool and PostgreSQL (told, or detected on the first
+        #: connection; ``None`` until then) and the connection parameters that follow from it
+        self.pooler: Pooler | None = config.pgbouncer
+        self.pooler_kw: dict[str, Any] = (
+            pooler_kwargs(config.pgbouncer, pq.version()) if config.pgbouncer else {})
+        if config.pgbouncer is not None:
+            given = config.kwargs if isinstance(config.kwargs, dict) else None
+            log_detected(config.name, config.pgbouncer, self.pooler_kw, given)
 
     @property
     def server_full(self) -> bool:
@@ -436,8 +543,10 @@ class Core:
         if want <= 0:
             return 0
         room = cfg.max_size - self.size - self.connecting
-        # while the server refuses: one attempt in flight per pool
-        in_flight = (1 if self.failures else cfg.num_workers) - self.connecting
+        # while the server refuses, and until the first connection told what is in between
+        # (the pooler's settings must be known before more connections open): one in flight
+        one = self.failures or self.pooler is None
+        in_flight = (1 if one else cfg.num_workers) - self.connecting
         n = max(0, min(want, room, in_flight))
         self.connecting += n
         return n
@@ -501,6 +610,27 @@ class Core:
             return True
         return False
 
+    def needs_detection(self) -> bool:
+        """Whether the next connection must find out what is between the pool and PostgreSQL
+        (:mod:`pgwarden.pgbouncer.detect`): once per pool, on its first connection."""
+        return self.pooler is None
+
+    def detected(self, pooler: Pooler, conn: Any) -> None:
+        """The first connection found out what is in between: remember it, set what the driver
+        needs on that connection (the next ones get it as connection parameters) and say so
+        once."""
+        self.pooler = pooler
+        self.pooler_kw = pooler_kwargs(pooler, pq.version())
+        given = self.config.kwargs if isinstance(self.config.kwargs, dict) else None
+        for key, value in self.pooler_kw.items():
+            if not given or key not in given:
+                setattr(conn, key, value)
+        log_detected(self.config.name, pooler, self.pooler_kw, given)
+
+    @property
+    def behind_pooler(self) -> bool:
+        return self.pooler is not None and self.pooler.behind
+
     def connect_ok(self, conn: Any, now: float, elapsed: float,
                    on_collected: Callable[[ConnRef], None]) -> Slot:
         if self.failures:
@@ -562,7 +692,10 @@ class Core:
         """The server ended a checked-out connection's session while going down: its slot is
         freed (for the new session the statement will run on). Returns connections to start."""
         self.stats.connections_lost += 1
-        self.disconnect_detected(slot, f"connection pid {slot.pid} ended by the server")
+        if not (self.pooler is not None and self.pooler.shares_sessions):
+            # (behind PgBouncer in transaction mode the idle connections are PgBouncer's
+            # clients, which a PostgreSQL restart leaves alone: nothing to validate)
+            self.disconnect_detected(slot, f"connection pid {slot.pid} ended by the server")
         self.discard(slot)
         return self.to_start(now)
 

@@ -15,7 +15,9 @@ awaited while holding it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import random
 import sys
 import threading
 import time
@@ -30,6 +32,7 @@ from psycopg import AsyncConnection
 from ...errors import PoolClosed, PoolError, TooManyRequests
 from ...observe import DEFAULT_LEAK_THRESHOLD, STACK_DEPTH, Holder
 from ...observe.registry import unregister
+from ...pgbouncer.detect import Pooler, adetect_psycopg
 from .. import _core
 from .. import connection as _connection
 from .._acompat import (
@@ -197,6 +200,17 @@ class AsyncConnectionPool(_core.PoolProperties, Generic[ACT]):
         validation_timeout: seconds a validation round trip may take (5.0, HikariCP's).
         connection_defaults: add TCP keepalives, ``tcp_user_timeout``, ``connect_timeout`` and
             ``application_name`` where the DSN/kwargs/environment set none (default True).
+        pgbouncer: what sits between the pool and PostgreSQL. ``None`` (default): found out
+            on the first connection (:mod:`pgwarden.pgbouncer.detect`: one round trip to a
+            direct server; behind a pooler a prepared-statement probe and a second, short
+            connection for the pool mode). ``False``: a direct server, nothing changes.
+            ``True``: PgBouncer in transaction mode, version unknown. A version string
+            (``"1.22.1"``) or a :class:`~pgwarden.pgbouncer.detect.Pooler`: that PgBouncer.
+            Behind a pooler that shares server sessions, connections get what psycopg needs
+            there (``prepare_threshold=None`` unless PgBouncer >= 1.22 tracks prepared
+            statements: :mod:`pgwarden.pgbouncer.drivers`) unless ``kwargs`` say otherwise,
+            and a replayed statement's "is the server going down" question is asked through
+            the pooler (docs/pgbouncer.md, "Pools behind PgBouncer").
 
     Raises:
         ConfigError: an argument, or a connection parameter's value, is invalid (raised at
@@ -228,6 +242,7 @@ class AsyncConnectionPool(_core.PoolProperties, Generic[ACT]):
         validation_window: float = _core.DEFAULT_VALIDATION_WINDOW,
         validation_timeout: float = _core.DEFAULT_VALIDATION_TIMEOUT,
         connection_defaults: bool = True,
+        pgbouncer: bool | str | Pooler | None = None,
     ) -> None:
         self._config = _core.make_config(
             conninfo=conninfo, kwargs=kwargs, min_size=min_size, max_size=max_size, name=name,
@@ -235,6 +250,7 @@ class AsyncConnectionPool(_core.PoolProperties, Generic[ACT]):
             max_idle=max_idle, reconnect_timeout=reconnect_timeout, num_workers=num_workers,
             leak_threshold=leak_threshold, validation_window=validation_window,
             validation_timeout=validation_timeout, connection_defaults=connection_defaults,
+            pgbouncer=pgbouncer,
         )
         self.connection_class = connection_class
         self._configure = configure
@@ -667,13 +683,17 @@ class AsyncConnectionPool(_core.PoolProperties, Generic[ACT]):
         if not self._core.may_replay(slot, self._closed, exc, conn):
             return False
         assert slot is not None
-        try:  # is the server going down, or was only this session ended?
-            probe_conn = await self._connect()
-            await probe_conn.close()
-        except Exception as refused:
-            why = _core.going_down(refused)
+        if self._core.behind_pooler:
+            why = await self._restarted_behind_pooler(slot)
         else:
-            why = None  # it accepts: pg_terminate_backend of this session, the caller must know
+            try:  # is the server going down, or was only this session ended?
+                probe_conn = await self._connect()
+                await probe_conn.close()
+            except Exception as refused:
+                why = _core.going_down(refused)
+            else:
+                # it accepts: pg_terminate_backend of this session, the caller must know
+                why = None
         if why is None:
             return False
         with self._lock:
@@ -691,6 +711,99 @@ class AsyncConnectionPool(_core.PoolProperties, Generic[ACT]):
         _core.log_replayed(self.name, slot, conn._pgw_slot, why)  # type: ignore[attr-defined]
         return True
 
+    async def _restarted_behind_pooler(self, slot: Slot) -> str | None:
+        """Behind a pooler a connection attempt says nothing about PostgreSQL (the pooler
+        accepts it while PostgreSQL is down). Ask PostgreSQL itself, through the pooler, for
+        its uptime, until it answers or the pool's ``timeout`` passes: shorter than the time
+        since this checkout means it restarted under the statement (``why``); longer means
+        only this session was ended (``None``: the caller gets the error); no answer in time
+        also gives ``None``. While PostgreSQL is down the pooler makes the query wait or fails
+        it (PgBouncer's ``server_login_retry``): each failure is retried on a new connection
+        every 50-200 ms."""
+        deadline = _monotonic() + self._config.timeout
+        last = ""
+        while _monotonic() < deadline:
+            conn = None
+            try:
+                conn = await self._connect(configure=False)
+                probe = _core.uptime_probe(conn.pgconn)
+                uptime = await self._drive(conn.pgconn, probe, deadline)
+            except Exception as exc:
+                last = _core._first_line(exc)
+            else:
+                held = _monotonic() - slot.out_at
+                if _core.restarted_since(uptime, held):
+                    return (f"PostgreSQL behind the pooler restarted {uptime:.1f} s ago, "
+                            f"during the statement")
+                return None
+            finally:
+                await self._close_conn(conn)
+            await asleep(random.uniform(0.05, 0.2))
+        logger.warning("pool %r: PostgreSQL did not answer through the pooler within %.1f s "
+                       "(%s); the statement is not run again", self.name,
+                       self._config.timeout, last or "no answer")
+        return None
+
+    async def _drive(self, pgconn: Any, gen: Any, deadline: float) -> Any:
+        """Run a probe generator of :mod:`pgwarden.pool._core` on ``pgconn`` until
+        ``deadline``; its return value.
+
+        Raises:
+            ProbeFailed: no answer before ``deadline``, or the generator's own failure.
+        """
+        fd = pgconn.socket
+        try:
+            what = next(gen)
+            while True:
+                if not await await_fd(fd, what, deadline - _monotonic()):
+                    raise ProbeFailed("no answer in time")
+                what = gen.send(None)
+        except StopIteration as done:
+            return done.value
+
+    async def _detect(self, conn: ACT) -> None:
+        """Find out, on the pool's first connection, what sits between the pool and
+        PostgreSQL (:mod:`pgwarden.pgbouncer.detect`) and apply what psycopg needs there.
+        Behind a pooler, a second short connection tells the pool mode."""
+        try:
+            pooler = await adetect_psycopg(conn)
+        except psycopg.Error as exc:
+            if conn.broken or conn.closed:
+                raise
+            pooler = Pooler("pooler", evidence=f"detection failed: {_core._first_line(exc)}")
+        if pooler.behind and pooler.pool_mode is None:
+            pooler = await self._pool_mode(conn, pooler)
+        with self._lock:
+            self._core.detected(pooler, conn)
+
+    async def _pool_mode(self, first: ACT, pooler: Pooler) -> Pooler:
+        """Transaction (or statement) mode when a second connection gets the server session
+        the first one has just released (only those modes share one between two connected
+        clients); three tries, else the mode stays unknown (treated as transaction mode)."""
+        other = None
+        try:
+            other = await self._connect(configure=False)
+            for _ in range(3):
+                mine = await self._server_pid(first)
+                theirs = await self._server_pid(other)
+                if mine == theirs:
+                    return dataclasses.replace(
+                        pooler, pool_mode="transaction",
+                        evidence=pooler.evidence + f"; two connections shared server "
+                        f"session {mine}")
+        except psycopg.Error as exc:
+            logger.debug("pool %r: pool mode not determined: %s", self.name, exc)
+        finally:
+            await self._close_conn(other)
+        return pooler
+
+    @staticmethod
+    async def _server_pid(conn: Any) -> Any:
+        async with conn.transaction():
+            cur = await conn.execute(b"select pg_backend_pid()", prepare=False)
+            row = await cur.fetchone()
+        return row[0] if row else None
+
     async def _close_conn(self, conn: Any) -> None:
         if conn is None:
             return
@@ -707,14 +820,16 @@ class AsyncConnectionPool(_core.PoolProperties, Generic[ACT]):
         for _ in range(n):
             self._queue.put_nowait(1)
 
-    async def _connect(self) -> ACT:
+    async def _connect(self, configure: bool = True) -> ACT:
         cfg = self._config
         conninfo = await amaybe(cfg.conninfo() if callable(cfg.conninfo) else cfg.conninfo)
         kwargs = await amaybe(cfg.kwargs() if callable(cfg.kwargs) else cfg.kwargs)
-        kw = _core.connect_params(conninfo, kwargs, self._defaults, cfg)
+        kw = _core.connect_params(conninfo, kwargs, self._defaults, cfg, self._core.pooler_kw)
         conn = await self.connection_class.connect(conninfo, **kw)
         try:
-            if self._configure is not None:
+            if configure and self._core.needs_detection():
+                await self._detect(conn)
+            if configure and self._configure is not None:
                 await self._configure(conn)
                 if conn.pgconn.transaction_status != TS.IDLE:
                     raise psycopg.ProgrammingError(
