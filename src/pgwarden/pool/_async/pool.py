@@ -552,11 +552,8 @@ class AsyncConnectionPool(_core.PoolProperties, Generic[ACT]):
 
     async def _probe(self, pgconn: Any) -> None:
         vt = self._config.validation_timeout
-        deadline = _monotonic() + vt
-        fd = pgconn.socket
-        for what in _core.probe(pgconn):
-            if not await await_fd(fd, what, deadline - _monotonic()):
-                raise ProbeFailed(f"no answer within validation_timeout={vt} s")
+        await self._drive(pgconn, _core.probe(pgconn), _monotonic() + vt,
+                          f"no answer within validation_timeout={vt} s")
 
     async def _discard(self, slot: Slot, conn: Any) -> None:
         with self._lock:
@@ -744,19 +741,21 @@ class AsyncConnectionPool(_core.PoolProperties, Generic[ACT]):
                        self._config.timeout, last or "no answer")
         return None
 
-    async def _drive(self, pgconn: Any, gen: Any, deadline: float) -> Any:
-        """Run a probe generator of :mod:`pgwarden.pool._core` on ``pgconn`` until
-        ``deadline``; its return value.
+    async def _drive(self, pgconn: Any, gen: Any, deadline: float,
+                     late: str = "no answer in time") -> Any:
+        """Run a probe generator of :mod:`pgwarden.pool._core` (it yields what to wait for on
+        the socket) on ``pgconn`` until ``deadline``; its return value.
 
         Raises:
-            ProbeFailed: no answer before ``deadline``, or the generator's own failure.
+            ProbeFailed: no answer before ``deadline`` (message ``late``), or the generator's
+                own failure.
         """
         fd = pgconn.socket
         try:
             what = next(gen)
             while True:
                 if not await await_fd(fd, what, deadline - _monotonic()):
-                    raise ProbeFailed("no answer in time")
+                    raise ProbeFailed(late)
                 what = gen.send(None)
         except StopIteration as done:
             return done.value

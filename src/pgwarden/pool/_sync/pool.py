@@ -554,11 +554,8 @@ class ConnectionPool(_core.PoolProperties, Generic[CT]):
 
     def _probe(self, pgconn: Any) -> None:
         vt = self._config.validation_timeout
-        deadline = _monotonic() + vt
-        fd = pgconn.socket
-        for what in _core.probe(pgconn):
-            if not wait_fd(fd, what, deadline - _monotonic()):
-                raise ProbeFailed(f"no answer within validation_timeout={vt} s")
+        self._drive(pgconn, _core.probe(pgconn), _monotonic() + vt,
+                          f"no answer within validation_timeout={vt} s")
 
     def _discard(self, slot: Slot, conn: Any) -> None:
         with self._lock:
@@ -746,19 +743,21 @@ class ConnectionPool(_core.PoolProperties, Generic[CT]):
                        self._config.timeout, last or "no answer")
         return None
 
-    def _drive(self, pgconn: Any, gen: Any, deadline: float) -> Any:
-        """Run a probe generator of :mod:`pgwarden.pool._core` on ``pgconn`` until
-        ``deadline``; its return value.
+    def _drive(self, pgconn: Any, gen: Any, deadline: float,
+                     late: str = "no answer in time") -> Any:
+        """Run a probe generator of :mod:`pgwarden.pool._core` (it yields what to wait for on
+        the socket) on ``pgconn`` until ``deadline``; its return value.
 
         Raises:
-            ProbeFailed: no answer before ``deadline``, or the generator's own failure.
+            ProbeFailed: no answer before ``deadline`` (message ``late``), or the generator's
+                own failure.
         """
         fd = pgconn.socket
         try:
             what = next(gen)
             while True:
                 if not wait_fd(fd, what, deadline - _monotonic()):
-                    raise ProbeFailed("no answer in time")
+                    raise ProbeFailed(late)
                 what = gen.send(None)
         except StopIteration as done:
             return done.value
