@@ -4,6 +4,13 @@ Each rule looks at one :class:`~pgwarden.sources.postgres.Snapshot` (and, for th
 an earlier one) and returns findings. No I/O happens here; :mod:`pgwarden.doctor.run` takes
 the snapshots.
 
+The rules count every session through the snapshot's counts (``used_slots``, ``count_by``,
+``hidden_sessions``) and look at single sessions only where one of them can be named: the
+sessions :meth:`Thresholds.notable` describes, read from ``client_backends`` (with their
+queries and locks) or, by the rules that only count them, ``client_briefs()``. So they find the
+same on a summary snapshot (``take_summary``: counts plus those sessions, the exporter's) as on
+a complete one.
+
 Severity: ``critical`` means the server refuses (or is about to refuse) connections;
 ``warning`` means sessions are being wasted or a problem is building; ``info`` is advice
 that never fails a health check.
@@ -16,7 +23,15 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..sources.postgres.records import ACTIVE, IDLE, Session, Snapshot, role_sql
+from ..sources.postgres.records import (
+    ACTIVE,
+    IDLE,
+    Notable,
+    Session,
+    SessionFacts,
+    Snapshot,
+    role_sql,
+)
 
 __all__ = [
     "RULES",
@@ -110,6 +125,26 @@ class Thresholds:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0 seconds (got {getattr(self, name)})")
         return self
+
+    def notable(self) -> Notable:
+        """The sessions these rules can name, for a summary snapshot
+        (:func:`pgwarden.sources.postgres.take_summary`): as records, those idle in transaction
+        past ``idle_in_transaction_after`` (idle_in_transaction), active past
+        ``long_query_after`` (long_running_query), waiting on a lock or blocking one
+        (lock_blocking, idle_in_transaction's severity); in brief
+        (:meth:`Snapshot.client_briefs`), those idle past ``idle_after`` (idle_hoarding),
+        younger than ``churn_young_age`` (connection_churn) or unnamed (unnamed_clients).
+
+        Raises:
+            ValueError: a threshold out of range.
+        """
+        self.validate()
+        return Notable(
+            idle_in_transaction_after=self.idle_in_transaction_after,
+            idle_after=self.idle_after,
+            long_query_after=self.long_query_after,
+            young_age=self.churn_young_age,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,8 +258,8 @@ def idle_in_transaction(snap: Snapshot, t: Thresholds, _sample: Sample | None) -
 def idle_hoarding(snap: Snapshot, t: Thresholds, _sample: Sample | None) -> list[Finding]:
     """An application holding many sessions idle for longer than ``idle_after``: a leak (a
     connection never closed) or a pool far larger than its load."""
-    idle: dict[str, list[Session]] = defaultdict(list)
-    for s in snap.client_backends:
+    idle: dict[str, list[SessionFacts]] = defaultdict(list)
+    for s in snap.client_briefs():
         if s.state == IDLE and (s.state_age or 0) >= t.idle_after:
             idle[s.label].append(s)
     findings = []
@@ -267,7 +302,7 @@ def connection_churn(snap: Snapshot, t: Thresholds, sample: Sample | None) -> li
     """Connection-per-request behaviour: a high rate of new sessions between two snapshots
     (``pg_stat_database.sessions``, PostgreSQL 14+; else new pids), or many very young backends
     of one application in a single snapshot."""
-    young = [s for s in snap.client_backends
+    young = [s for s in snap.client_briefs()
              if s.backend_age is not None and s.backend_age < t.churn_young_age]
     rate: float | None = None
     by_app_new: Counter[str] = Counter()
@@ -415,7 +450,7 @@ def long_running_query(snap: Snapshot, t: Thresholds, _sample: Sample | None) ->
 
 def unnamed_clients(snap: Snapshot, t: Thresholds, _sample: Sample | None) -> list[Finding]:
     """Many sessions without ``application_name``: nobody can tell whose they are."""
-    unnamed = [s for s in snap.client_backends if not s.application]
+    unnamed = [s for s in snap.client_briefs() if not s.application]
     if len(unnamed) < t.unnamed_min_sessions:
         return []
     users = Counter(s.user or "?" for s in unnamed)
@@ -497,8 +532,8 @@ def setting_max_connections_high(
     mc = snap.settings.max_connections
     if mc < t.max_connections_high:
         return []
-    pooler = any(s.label.lower().startswith(("pgbouncer", "pgcat", "odyssey")) for s in
-                 snap.client_backends)
+    pooler = any(app.lower().startswith(("pgbouncer", "pgcat", "odyssey")) for app in
+                 snap.count_by("application"))
     return [
         Finding(
             id="setting_max_connections_high",
@@ -506,7 +541,7 @@ def setting_max_connections_high(
             title=f"max_connections is {mc}"
             + (" (a pooler is connected)" if pooler else " and no pooler is in front"),
             evidence={"max_connections": mc, "pooler_seen": pooler,
-                      "client_backends": len(snap.client_backends)},
+                      "client_backends": snap.used_slots},
             fix="Put PgBouncer in front (pool_mode = transaction) and lower max_connections "
             "to what the server's cores and memory serve well (often 100-300); "
             "size PgBouncer's default_pool_size to the sum the server serves well.",
@@ -590,11 +625,22 @@ def evaluate(
     """Run every rule; findings ordered by severity (critical first), then rule order.
 
     Args:
-        snap: the current snapshot.
+        snap: the current snapshot, complete or a summary taken with ``t.notable()`` (the same
+            findings).
         thresholds: defaults from :class:`Thresholds`.
         sample: what ``--sample`` saw (an earlier snapshot, new sessions) for rate rules.
+
+    Raises:
+        ValueError: a summary snapshot that lacks sessions these thresholds can name (taken
+            with other thresholds' ``notable()``), or a ``sample`` with a summary (new sessions
+            are told by comparing every pid of two complete snapshots).
     """
     t = thresholds or Thresholds()
+    if snap.notable is not None and not snap.notable.covers(t.notable()):
+        raise ValueError(f"the summary snapshot holds the sessions of {snap.notable}, not all "
+                         f"those these thresholds can name ({t.notable()})")
+    if sample is not None and not (snap.complete and sample.previous.complete):
+        raise ValueError("a sample needs complete snapshots (postgres.take), not summaries")
     findings: list[Finding] = []
     for rule in rules:
         findings.extend(rule(snap, t, sample))

@@ -563,7 +563,14 @@ def decide(
 
     Returns:
         A :class:`Plan`.
+
+    Raises:
+        ValueError: ``snapshot`` is a summary (``postgres.take_summary``): the guard chooses
+            among every session, so it needs a complete one.
     """
+    if not snapshot.complete:
+        raise ValueError("the guard decides on a complete snapshot (postgres.take), "
+                         "not a summary")
     own = frozenset(own_pids)
     # the guard keeps its session (and so a slot) between passes: it counts, unlike the
     # one-shot commands' sessions that Snapshot.used_slots leaves out

@@ -1,13 +1,17 @@
 """The server's metrics: one snapshot per scrape per target, turned into Prometheus samples.
 
-- :func:`server_samples` is pure: one :class:`~pgwarden.sources.postgres.Snapshot` and the
-  doctor's findings on it -> :class:`~pgwarden.metrics.registry.Sample` records (documented in
-  :data:`SERVER_METRICS` and docs/exporter.md).
+- :func:`server_samples` is pure: one :class:`~pgwarden.sources.postgres.Snapshot` (complete or
+  a summary: the same samples) and the doctor's findings on it ->
+  :class:`~pgwarden.metrics.registry.Sample` records (documented in :data:`SERVER_METRICS` and
+  docs/exporter.md). Counts and ages come from the snapshot's session groups, lock waits from
+  its sessions.
 - :class:`TargetScraper` does the I/O for one server: one long-lived connection
-  (``application_name=pgwarden-exporter``), reconnected after a loss; one snapshot at most every
-  ``min_interval`` seconds however many scrapers ask (the last samples are served again in
-  between); a server that is down, full or refuses the role gives ``pgwarden_up 0`` and one log
-  line (what it means comes from :func:`pgwarden.diagnose.classify`), never an exception.
+  (``application_name=pgwarden-exporter``), reconnected after a loss; one summary snapshot
+  (:func:`pgwarden.sources.postgres.take_summary`, the sessions the doctor's rules can name) at
+  most every ``min_interval`` seconds however many scrapers ask (the last samples are served
+  again in between); a server that is down, full or refuses the role gives ``pgwarden_up 0`` and
+  one log line (what it means comes from :func:`pgwarden.diagnose.classify`), never an
+  exception.
 - :class:`ServerCollector` is the ``prometheus_client`` collector over one or more scrapers; a
   ``target`` label (``user@host:port/db``, never a password) is added when there are several.
 """
@@ -29,7 +33,7 @@ from ..diagnose import by_id, classify
 from ..doctor.rules import Finding, Thresholds, evaluate
 from ..errors import ConfigError, ConnectError
 from ..sources import postgres
-from ..sources.postgres.records import IDLE, Session, Snapshot
+from ..sources.postgres.records import IDLE, Session, SessionGroup, Snapshot
 from .registry import LabelCap, MetricSpec, Sample, families, info_sample
 
 __all__ = [
@@ -143,7 +147,7 @@ class Caps:
         self.applications, self.users, self.databases = applications, users, databases
 
 
-def _state(s: Session) -> str:
+def _state(s: Session | SessionGroup) -> str:
     if not s.visible:
         return HIDDEN
     return s.state or UNKNOWN
@@ -158,12 +162,21 @@ def server_samples(snap: Snapshot, findings: Sequence[Finding], caps: Caps | Non
                    ) -> list[Sample]:
     """The server's samples for one snapshot (pure; no I/O). Ages are seconds (floats) at the
     snapshot's instant; applications past ``caps.applications`` are summed (or, for ages, the
-    oldest taken) under ``(other)``."""
+    oldest taken) under ``(other)``. A summary snapshot gives the same samples as a complete one
+    of the same instant."""
     caps = caps or Caps()
-    clients = snap.client_backends
-    app_of = LabelCap.of((s.label for s in clients), caps.applications)
-    user_of = LabelCap.of((s.user or UNKNOWN for s in clients), caps.users)
-    db_of = LabelCap.of((s.database or UNKNOWN for s in clients), caps.databases)
+    groups = snap.session_groups()
+    clients = [g for g in groups if g.is_client_backend]
+    apps: Counter[str] = Counter()
+    users: Counter[str] = Counter()
+    dbs: Counter[str] = Counter()
+    for g in clients:
+        apps[g.label] += g.sessions
+        users[g.user or UNKNOWN] += g.sessions
+        dbs[g.database or UNKNOWN] += g.sessions
+    app_of = LabelCap(apps, caps.applications)
+    user_of = LabelCap(users, caps.users)
+    db_of = LabelCap(dbs, caps.databases)
     st = snap.settings
     server = snap.server
     out: list[Sample] = [
@@ -175,7 +188,7 @@ def server_samples(snap: Snapshot, findings: Sequence[Finding], caps: Caps | Non
         Sample(SLOTS_RESERVED, ("superuser",), st.superuser_reserved_connections),
         Sample(SLOTS_RESERVED, ("reserved",), st.reserved_connections),
         Sample(SLOTS_USABLE, (), snap.usable_slots),
-        Sample(SLOTS_USED, (), len(clients)),
+        Sample(SLOTS_USED, (), snap.used_slots),
         Sample(USAGE, (), snap.usage),
         Sample(SESSIONS_HIDDEN, (), snap.hidden_sessions),
     ]
@@ -184,30 +197,37 @@ def server_samples(snap: Snapshot, findings: Sequence[Finding], caps: Caps | Non
     in_tx: dict[str, float] = {}
     xact: dict[str, float] = {}
     query: dict[str, float] = {}
-    waiting: Counter[tuple[str, str]] = Counter()
-    blockers: set[int] = set()
-    by_pid = snap.by_pid()
-    for s in clients:
-        app = app_of(s.label)
-        state = _state(s)
-        sessions[(app, user_of(s.user or UNKNOWN), db_of(s.database or UNKNOWN), state)] += 1
+    for g in clients:
+        app = app_of(g.label)
+        state = _state(g)
+        sessions[(app, user_of(g.user or UNKNOWN), db_of(g.database or UNKNOWN), state)] += (
+            g.sessions)
         if state == IDLE:
-            _oldest(idle, app, s.state_age)
-        elif s.in_transaction:
-            _oldest(in_tx, app, s.state_age)
+            _oldest(idle, app, g.oldest_state_age)
+        elif g.in_transaction:
+            _oldest(in_tx, app, g.oldest_state_age)
         elif state == "active":
-            _oldest(query, app, s.query_age)
-        _oldest(xact, app, s.xact_age)
-        if s.blocking_pids:
-            blocker = by_pid.get(s.blocking_pids[0])
-            waiting[(app, app_of(blocker.label) if blocker is not None else UNKNOWN)] += 1
-            blockers.update(s.blocking_pids)
+            _oldest(query, app, g.oldest_query_age)
+        _oldest(xact, app, g.oldest_xact_age)
     out.extend(Sample(SESSIONS, key, n) for key, n in sorted(sessions.items()))
-    others = Counter(s.backend_type or UNKNOWN for s in snap.sessions if not s.is_client_backend)
+    others: Counter[str] = Counter()
+    for g in groups:
+        if not g.is_client_backend:
+            others[g.backend_type or UNKNOWN] += g.sessions
     out.extend(Sample(BACKENDS, (t,), n) for t, n in sorted(others.items()))
     for spec, ages in ((OLDEST_IDLE, idle), (OLDEST_IDLE_IN_TRANSACTION, in_tx),
                        (OLDEST_TRANSACTION, xact), (OLDEST_QUERY, query)):
         out.extend(Sample(spec, (app,), age) for app, age in sorted(ages.items()))
+    # lock waits from the sessions (a summary holds every waiter and every blocker)
+    waiting: Counter[tuple[str, str]] = Counter()
+    blockers: set[int] = set()
+    by_pid = snap.by_pid()
+    for s in snap.client_backends:
+        if s.blocking_pids:
+            blocker = by_pid.get(s.blocking_pids[0])
+            waiting[(app_of(s.label), app_of(blocker.label) if blocker is not None
+                     else UNKNOWN)] += 1
+            blockers.update(s.blocking_pids)
     out.extend(Sample(LOCK_WAITING, key, n) for key, n in sorted(waiting.items()))
     blocking: Counter[tuple[str, str]] = Counter()
     for pid in blockers:
@@ -244,6 +264,7 @@ class TargetScraper:
         self.min_interval = float(min_interval)
         self.caps = caps or Caps()
         self.thresholds = (thresholds or Thresholds()).validate()
+        self._notable = self.thresholds.notable()
         self.snapshots = 0
         self.errors = 0
         self._lock = threading.Lock()
@@ -308,7 +329,7 @@ class TargetScraper:
         return connect(self.target)
 
     def _take(self, conn: psycopg.Connection[Any]) -> Any:
-        return postgres.take(conn, query_chars=0)
+        return postgres.take_summary(conn, self._notable, query_chars=0)
 
     def _snapshot(self) -> Snapshot:
         """A snapshot on the long-lived connection; a connection found lost (a restart, a

@@ -1,4 +1,4 @@
--- get_activity: every backend but our own, ages in seconds measured at one instant (now());
+-- get_activity: every backend but our own in the order of their pids, ages in seconds measured at one instant (now());
 -- columns are named as the fields of pgwarden.sources.postgres.Session (rows bind by name).
 -- blocking pids are looked up only for sessions waiting on a lock (pg_blocking_pids is not free).
 select
@@ -27,3 +27,4 @@ select
 from pg_stat_activity a
 left join pg_roles r on r.oid = a.usesysid
 where a.pid <> pg_backend_pid()
+order by a.pid
