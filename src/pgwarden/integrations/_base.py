@@ -84,10 +84,14 @@ def stack_from(frame: Any, depth: int) -> RawStack:
         f = f.f_back
     if f is None:
         f = frame
-    out = []
-    while f is not None and depth:
-        out.append((f.f_code, f.f_lasti))
+        if f is None:
+            return []
+    out = [(f.f_code, f.f_lasti)]
+    while depth > 1:  # (no f_back past the last frame kept: each one makes a frame object)
         f = f.f_back
+        if f is None:
+            break
+        out.append((f.f_code, f.f_lasti))
         depth -= 1
     return out
 
