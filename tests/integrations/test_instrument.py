@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
 import pgwarden
 from pgwarden.embedded import EmbeddedPostgres
+
+from .helpers import line_of
+
+HERE = __file__
 
 
 def test_importing_pgwarden_imports_no_pooled_library() -> None:
@@ -48,3 +53,50 @@ def test_without_leak_detection_holders_have_no_location(pg: EmbeddedPostgres) -
         pool.putconn(conn)
     assert "getconn" not in vars(pool)
     pool.closeall()
+
+
+# -- the checkout stack: the application's frames, the pooled library's passed over -----------
+
+def _inner(pool: Any) -> Any:
+    return pool.getconn()  # checkout: inner
+
+
+def _middle(pool: Any) -> Any:
+    return _inner(pool)
+
+
+def _outer(pool: Any) -> Any:
+    return _middle(pool)
+
+
+def test_stack_depth_counts_application_frames(pg: EmbeddedPostgres) -> None:
+    import psycopg2.pool
+
+    pool = psycopg2.pool.SimpleConnectionPool(0, 2, pg.dsn)
+    with pgwarden.instrument(pool, name="p2-stack", stack_depth=2) as handle:
+        conn = _outer(pool)
+        [h] = handle.holders()
+        assert [f.name for f in h.stack] == ["_middle", "_inner"]  # outermost first
+        assert h.location.endswith(f"test_instrument.py:{line_of(HERE, '# checkout: inner')} "
+                                   "in _inner")
+        pool.putconn(conn)
+    with pgwarden.instrument(pool, name="p2-stack-default") as handle:
+        conn = _outer(pool)
+        [h] = handle.holders()
+        assert [f.name for f in h.stack] == [
+            "test_stack_depth_counts_application_frames", "_outer", "_middle", "_inner"]
+        pool.putconn(conn)
+    pool.closeall()
+
+
+def test_library_frames_are_passed_over_before_counting(pg: EmbeddedPostgres) -> None:
+    from psycopg_pool import ConnectionPool
+
+    with ConnectionPool(pg.dsn, min_size=1, max_size=1, name="pp-stack") as pool:
+        handle = pgwarden.instrument(pool, stack_depth=1)
+        with pool.connection():  # contextlib's and psycopg_pool's frames sit in between
+            [h] = handle.holders()
+            assert [f.name for f in h.stack] == [
+                "test_library_frames_are_passed_over_before_counting"]
+        handle.remove()
+

@@ -1,11 +1,18 @@
 """What every adapter shares: the handle, the leak scanner, holders, stacks, states, errors.
 
-An adapter turns one library's hooks into :class:`~pgwarden.observe.Tracker` events. Its events
-may come from several threads (and, for connections dropped by the application, from the
-garbage collector in whatever thread it runs), so each adapter serializes its tracker calls
-under its own *reentrant* lock (:attr:`Instrumentation.lock`): a collection that runs while the
-same thread is inside a tracker call must not deadlock. The tracker's own ``Tracker.lock`` is a
-plain ``threading.Lock`` and is not used here.
+An adapter turns one library's hooks into :class:`~pgwarden.observe.Tracker` events.
+
+The checkout and the return (the hot path) take no lock: the record of a checked-out connection
+is written only by the thread (or task) that checked it out, ``out`` last at a checkout and first
+at a return (:meth:`Tracker.checkout`, :meth:`Tracker.checkin`), so a reader in another thread
+sees either the previous state or the whole new one; the counters and the histogram they touch
+are integer and float ``+=`` on attributes and list items, which no other thread can interleave
+with under the GIL (no call, no backward jump, no allocation of a tracked object between the read
+and the write). Everything else (connections opened and closed, timeouts, connections the
+application dropped, the leak scan, the readers ``holders()``, ``stats()``, ``explain()``) is
+serialized by the adapter's *reentrant* lock (:attr:`Instrumentation.lock`): a collection that
+runs while the same thread is inside a tracker call must not deadlock. (A free-threaded build
+without the GIL could lose a counter increment under contention; it would not lose a holder.)
 
 Leak scans need a clock: one daemon thread per process (``pgwarden-leak-scan``) scans every
 live instrumentation every ``leak_threshold / 4`` seconds (at least every 1 s, at most every
@@ -28,19 +35,20 @@ import weakref
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from ..observe import Holder, PoolStats, Sizes, TrackedConnection, Tracker
-from ..observe.holders import RawStack, skip_files
+from ..observe import Holder, PoolStats, RawStack, Sizes, TrackedConnection, Tracker
+from ..observe.holders import _skip_files, skip_files
 from ..observe.registry import register, unregister
 from ..pgbouncer.detect import Pooler
 from ..pgbouncer.drivers import Setting
 
 __all__ = [
+    "STACK_DEPTH",
     "WAITED_AFTER",
     "ExplainedError",
     "Instrumentation",
     "driver_state",
-    "frames_from",
     "package_dir",
+    "stack_from",
     "task_or_thread",
 ]
 
@@ -67,15 +75,33 @@ def package_dir(module: Any) -> str:
     return os.path.dirname(os.path.abspath(str(module.__file__))) + os.sep
 
 
-def frames_from(frame: Any, depth: int) -> RawStack:
-    """``depth`` frames from ``frame`` outwards as ``(code, f_lasti)`` pairs (the tracker's
-    raw stack format)."""
-    out = []
-    while frame is not None and depth:
-        out.append((frame.f_code, frame.f_lasti))
-        frame = frame.f_back
+#: Frames kept per checkout by default: the application's, counted from the first frame that is
+#: not the pooled library's (nor pgwarden's, contextlib's, asyncio's, or of ``skip_modules``),
+#: innermost first. Each costs a frame object made for the walk (docs/instrument.md, "Cost").
+STACK_DEPTH = 4
+
+
+def stack_from(frame: Any, depth: int) -> RawStack:
+    """The checkout stack in the tracker's raw format (``(code, f_lasti)`` pairs, innermost
+    first): from ``frame`` (the hook's caller) outwards, the leading frames of the pooled
+    library and the other skipped files passed over, then ``depth`` frames. A stack made only of
+    skipped frames is kept as it is (the innermost ``depth``)."""
+    skip = _skip_files[0]
+    f = frame
+    while f is not None and f.f_code.co_filename.startswith(skip):
+        f = f.f_back
+    if f is None:
+        f = frame
+        if f is None:
+            return []
+    out = [(f.f_code, f.f_lasti)]
+    while depth > 1:  # (no f_back past the last frame kept: each one makes a frame object)
+        f = f.f_back
+        if f is None:
+            break
+        out.append((f.f_code, f.f_lasti))
         depth -= 1
-    return tuple(out)
+    return out
 
 
 def task_or_thread() -> Any:
@@ -203,13 +229,14 @@ class Instrumentation:
         target: what was instrumented (the engine, pool, ...).
         tracker: its :class:`~pgwarden.observe.Tracker` (listed in
             :func:`pgwarden.observe.trackers` until :meth:`remove`).
-        lock: the reentrant lock the adapter's tracker calls run under.
+        lock: the reentrant lock the adapter's tracker calls run under, but for the checkout
+            and the return (module docstring).
         removed: :meth:`remove` was called.
     """
 
     library: ClassVar[str] = ""
-    #: Frames kept per checkout (innermost first) by this adapter.
-    stack_depth: int = 8
+    #: Application frames kept per checkout (:data:`STACK_DEPTH`, :func:`stack_from`).
+    stack_depth: int = STACK_DEPTH
 
     def __init__(self, target: Any, *, name: str, leak_threshold: float | None,
                  sizes: Callable[[], Sizes] | None, reclaim: bool = True) -> None:
@@ -218,8 +245,6 @@ class Instrumentation:
         self.removed = False
         self.reclaim = reclaim
         self.capture = leak_threshold is not None
-        #: checkouts the library holds strongly: ``id(obj) -> (record, obj)`` (asyncpg, psycopg2)
-        self._out: dict[int, tuple[TrackedConnection, Any]] = {}
         #: connections the garbage collector took, reported by the next scan: a weakref
         #: callback runs wherever a collection happens to run, so it only appends here (no
         #: lock, no logging at collection time)
@@ -373,6 +398,11 @@ class Instrumentation:
         as opened."""
         return self.tracker.adopt(rec)
 
+    def _waited(self, seconds: float) -> None:
+        """The checkout just recorded waited ``seconds`` (the slow path: under the lock)."""
+        with self.lock:
+            self.tracker.waited(seconds)
+
     def _explained(self, cls: type[BaseException], original: BaseException,
                    default: str = "") -> BaseException:
         """An instance of ``cls`` (the library's exception subclassed with
@@ -400,7 +430,7 @@ class Instrumentation:
                     self.tracker.collected(rec)
                 self.tracker.closed(rec)
             leaks = self.tracker.leak_scan()
-            dropped = self._find_dropped() if self._out else []
+            dropped = self._find_dropped()
             for _key, rec, _obj in dropped:
                 self.tracker.collected(rec, dropped=True)
         self.tracker.report_leaks(leaks)
@@ -412,19 +442,21 @@ class Instrumentation:
     # connection point at the proxy, psycopg2's ``_used`` at the connection) never let the
     # garbage collector see it dropped. ``_internal_refs`` says how many references the library
     # itself holds; when the object's reference count is exactly that plus the three of this
-    # scan (the ``_out`` entry, the loop variable, ``getrefcount``'s argument), nothing in the
-    # application can reach it any more. (CPython reference counts.)
+    # scan (the candidate's tuple, the loop variable, ``getrefcount``'s argument), nothing in
+    # the application can reach it any more. (CPython reference counts.)
     _SCAN_REFS = 3
 
     def _internal_refs(self, obj: Any) -> int | None:
         return None
 
+    def _candidates(self) -> list[tuple[int, TrackedConnection, Any]]:
+        """``(key, record, object the application holds)`` of the checkouts the library
+        references strongly (asyncpg's proxies, psycopg2's connections; none elsewhere)."""
+        return []
+
     def _find_dropped(self) -> list[tuple[int, TrackedConnection, Any]]:
         found = []
-        for key, entry in list(self._out.items()):
-            rec, obj = entry
-            if not rec.out:
-                continue
+        for key, rec, obj in self._candidates():
             internal = self._internal_refs(obj)
             if internal is not None and sys.getrefcount(obj) == internal + self._SCAN_REFS:
                 found.append((key, rec, obj))
@@ -440,7 +472,6 @@ class Instrumentation:
         for rec in list(self.tracker.records):
             rec.out = False
             rec.handle = None
-        self._out.clear()
 
 
 def _libpq_version() -> int | None:

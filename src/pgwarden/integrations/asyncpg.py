@@ -8,16 +8,19 @@ existing pool cannot be given them. What needs no changed line: :func:`instrumen
 pool object's class to a subclass of its own class (``__slots__ = ()``, the same memory layout,
 so Python allows ``pool.__class__ = ...``) that overrides
 
-- ``acquire()`` (public): returns a context that records the checkout and turns asyncpg's
-  ``asyncio.TimeoutError`` into :class:`ExplainedAcquireTimeout` (``async with
-  pool.acquire()``, ``await pool.acquire()`` and ``pool.fetch()`` & co. all go through it);
-- ``release()`` (public): records the return before asyncpg can hand the connection on;
+- ``_acquire(timeout)`` (PRIVATE API: what asyncpg's own acquire context awaits, for ``async
+  with pool.acquire()``, ``await pool.acquire()`` and ``pool.fetch()`` & co. alike): records the
+  checkout and turns asyncpg's ``asyncio.TimeoutError`` into :class:`ExplainedAcquireTimeout`;
+  ``acquire()`` itself is asyncpg's, so its context object and its coroutines are the only ones
+  between the application and the pool, as without pgwarden;
+- ``release()`` (public): records the return before asyncpg can hand the connection on, then
+  returns asyncpg's own ``release()`` coroutine (no coroutine of its own);
 - ``_get_new_connection()`` (PRIVATE API): times new connections and reads their backend pid
   once (``get_server_pid()``).
 
 ``isinstance(pool, asyncpg.Pool)`` still holds; ``type(pool)`` is the subclass until
 :meth:`AsyncpgInstrumentation.remove` switches it back. Closed connections are seen through
-``add_termination_listener`` (public).
+``add_termination_listener`` (public). A checked-out proxy's connection is its PRIVATE ``_con``.
 
 asyncpg keeps a strong reference to a checked-out ``PoolConnectionProxy`` (its holder's
 ``_proxy`` and the connection's ``_proxy``), so a proxy the application dropped is never
@@ -34,19 +37,19 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import sys
 import time
 import weakref
-from collections.abc import Awaitable, Generator
+from collections.abc import Awaitable
 from typing import Any
 
 import asyncpg
 from asyncpg.pool import Pool
 
 from ..observe import Sizes, TrackedConnection
-from ..observe.holders import capture_stack
 from ..pgbouncer.detect import adetect_asyncpg
 from ..pgbouncer.drivers import Setting
-from ._base import WAITED_AFTER, ExplainedError, Instrumentation, task_or_thread
+from ._base import WAITED_AFTER, ExplainedError, Instrumentation, stack_from, task_or_thread
 from ._base import skip_library as _skip_library
 
 __all__ = ["AsyncpgInstrumentation", "ExplainedAcquireTimeout", "instrument",
@@ -56,32 +59,14 @@ _skip_library(asyncpg)
 logger = logging.getLogger("pgwarden.integrations")
 _numbers = itertools.count(1)
 
+_getframe = sys._getframe
+_monotonic = time.monotonic
+
 
 class ExplainedAcquireTimeout(asyncio.TimeoutError, ExplainedError):
     """The ``asyncio.TimeoutError`` of ``pool.acquire(timeout=...)`` (``TimeoutError`` on
     Python 3.11+) with a message: the timeout, then the pool's state and its longest holders
     (:class:`~pgwarden.integrations.ExplainedError`)."""
-
-
-class _Acquire:
-    """What the instrumented ``pool.acquire()`` returns: asyncpg's own acquire context,
-    observed."""
-
-    __slots__ = ("_ctx", "_handle", "_timeout")
-
-    def __init__(self, handle: AsyncpgInstrumentation, ctx: Any, timeout: float | None) -> None:
-        self._handle = handle
-        self._ctx = ctx
-        self._timeout = timeout
-
-    async def __aenter__(self) -> Any:
-        return await self._handle._acquired(self._ctx.__aenter__(), self._timeout)
-
-    async def __aexit__(self, *exc: Any) -> None:
-        await self._ctx.__aexit__(*exc)
-
-    def __await__(self) -> Generator[Any, None, Any]:
-        return self._handle._acquired(self._ctx, self._timeout).__await__()
 
 
 class AsyncpgInstrumentation(Instrumentation):
@@ -94,7 +79,8 @@ class AsyncpgInstrumentation(Instrumentation):
                  reclaim: bool) -> None:
         self.pool = pool
         self.base: type[Pool] = type(pool)
-        self._by_pid: dict[int, TrackedConnection] = {}
+        #: ``id(asyncpg Connection) -> record`` (its connections have ``__slots__``)
+        self._recs: dict[int, TrackedConnection] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         super().__init__(pool, name=name, leak_threshold=leak_threshold, sizes=self._sizes,
                          reclaim=reclaim)
@@ -111,14 +97,15 @@ class AsyncpgInstrumentation(Instrumentation):
 
     def _record(self, con: Any, elapsed: float | None) -> TrackedConnection:
         rec = TrackedConnection(con.get_server_pid(), weakref.ref(con))
-        self._by_pid[rec.pid] = rec
+        self._recs[id(con)] = rec
         wself = weakref.ref(self)
 
         def terminated(_con: Any) -> None:
             handle = wself()
             if handle is not None:
-                handle._terminated(rec)
+                handle._terminated(con_id, rec)
 
+        con_id = id(con)
         con.add_termination_listener(terminated)
         with self.lock:
             if elapsed is None:
@@ -127,67 +114,50 @@ class AsyncpgInstrumentation(Instrumentation):
                 self.tracker.connected(rec, elapsed)
         return rec
 
-    def _terminated(self, rec: TrackedConnection) -> None:
-        if self._by_pid.get(rec.pid) is rec:
-            del self._by_pid[rec.pid]
+    def _rec_of(self, con: Any) -> TrackedConnection:
+        rec = self._recs.get(id(con))
+        if rec is None or rec.connection() is not con:
+            rec = self._record(con, None)  # open before the pool was instrumented
+        return rec
+
+    def _terminated(self, con_id: int, rec: TrackedConnection) -> None:
+        if self._recs.get(con_id) is rec:
+            del self._recs[con_id]
         with self.lock:
-            for key, (r, _proxy) in list(self._out.items()):
-                if r is rec:
-                    del self._out[key]
             if rec.out:  # asyncpg gave the holder back when the connection closed
-                self.tracker.checkin(rec, time.monotonic())
+                self.tracker.checkin(rec, _monotonic())
             self.tracker.closed(rec)
 
-    # -- checkouts -------------------------------------------------------------------------
+    # -- checkouts (the slow paths) ----------------------------------------------------------
 
-    async def _acquired(self, acquiring: Awaitable[Any], timeout: float | None) -> Any:
-        if self.removed:
-            return await acquiring
-        if self._loop is None:
-            self._loop = asyncio.get_running_loop()
-        tracker, lock = self.tracker, self.lock
-        with lock:
-            tracker.requests_waiting += 1
-        t0 = time.monotonic()
-        try:
-            proxy = await acquiring
-        except asyncio.TimeoutError as e:
-            with lock:
-                tracker.timed_out(time.monotonic() - t0)
-                waited = timeout if timeout is not None else time.monotonic() - t0
-                # explained while this caller still counts as waiting
-                err = self._explained(ExplainedAcquireTimeout, e, default=(
-                    f"timed out acquiring a connection from asyncpg pool {self.name!r} after "
-                    f"{waited:.2f} s"))
-                tracker.requests_waiting -= 1
-            raise err from None
-        except BaseException as e:
-            with lock:
-                tracker.requests_waiting -= 1
-                if isinstance(e, Exception):
-                    tracker.failed()
-            raise
-        stack = capture_stack(2, self.stack_depth) if self.capture else ()
-        rec = self._by_pid.get(proxy.get_server_pid())
-        if rec is None:
-            rec = self._record(_connection_of(proxy), None)
-        now = time.monotonic()
-        holder = task_or_thread()
-        with lock:
-            tracker.requests_waiting -= 1
-            tracker.checkout(rec, holder, stack, now)
-            if now - t0 > WAITED_AFTER:
-                tracker.waited(now - t0)
-            self._out[id(proxy)] = (rec, proxy)
-        return proxy
-
-    def _releasing(self, proxy: Any) -> None:
+    def _timed_out(self, e: BaseException, t0: float, timeout: float | None) -> BaseException:
         with self.lock:
-            entry = self._out.pop(id(proxy), None)
-            if entry is not None and entry[1] is proxy and entry[0].out:
-                self.tracker.checkin(entry[0], time.monotonic())
+            self.tracker.timed_out(_monotonic() - t0)
+            waited = timeout if timeout is not None else _monotonic() - t0
+            # explained while this caller still counts as waiting
+            err = self._explained(ExplainedAcquireTimeout, e, default=(
+                f"timed out acquiring a connection from asyncpg pool {self.name!r} after "
+                f"{waited:.2f} s"))
+            self.tracker.requests_waiting -= 1
+        return err
+
+    def _failed(self, e: BaseException) -> None:
+        with self.lock:
+            self.tracker.requests_waiting -= 1
+            if isinstance(e, Exception):
+                self.tracker.failed()
 
     # -- dropped proxies -------------------------------------------------------------------
+
+    def _candidates(self) -> list[tuple[int, TrackedConnection, Any]]:
+        """The checked-out proxies (PRIVATE read: a connection's ``_proxy``)."""
+        out = []
+        for rec in list(self.tracker.records):
+            con = self._driver_connection(rec) if rec.out else None
+            proxy = getattr(con, "_proxy", None)
+            if proxy is not None:
+                out.append((id(proxy), rec, proxy))
+        return out
 
     def _internal_refs(self, proxy: Any) -> int | None:
         """PRIVATE reads: asyncpg's own references to a checked-out proxy (its holder's and its
@@ -205,10 +175,8 @@ class AsyncpgInstrumentation(Instrumentation):
         pool, base = self.pool, self.base
 
         async def give_back() -> None:
-            entry = self._out.get(key)
-            if entry is None or entry[1] is not proxy:
+            if getattr(proxy, "_con", None) is None:  # released meanwhile
                 return
-            del self._out[key]
             try:
                 await base.release(pool, proxy)
             except Exception as e:
@@ -256,25 +224,56 @@ class AsyncpgInstrumentation(Instrumentation):
             self.pool.__class__ = self.base
 
 
-def _connection_of(proxy: Any) -> Any:
-    """PRIVATE read: the ``asyncpg.Connection`` behind a pool's proxy."""
-    return proxy._con
-
-
 def _subclass(base: type[Pool], handle: AsyncpgInstrumentation) -> type[Pool]:
-    """A subclass of ``base`` with the same layout (``__slots__ = ()``) whose ``acquire``,
-    ``release`` and ``_get_new_connection`` tell ``handle``."""
+    """A subclass of ``base`` with the same layout (``__slots__ = ()``) whose ``_acquire``,
+    ``release`` and ``_get_new_connection`` tell ``handle``.
 
-    def acquire(self: Pool, *, timeout: float | None = None) -> Any:
-        return _Acquire(handle, base.acquire(self, timeout=timeout), timeout)
+    The hot path: the one coroutine of ``_acquire`` (asyncpg's acquire context awaits it), two
+    clock reads, the record found by the connection's ``id``, the stack; ``release`` is a plain
+    function; no lock (module docstring of ``_base``)."""
+    tracker, capture = handle.tracker, handle.capture
+    checkout, checkin = tracker.checkout, tracker.checkin
+    recs_get = handle._recs.get
+    base_acquire, base_release = base._acquire, base.release
 
-    async def release(self: Pool, connection: Any, *, timeout: float | None = None) -> Any:
-        if not handle.removed:
-            handle._releasing(connection)
-        return await base.release(self, connection, timeout=timeout)
+    async def _acquire(self: Pool, timeout: float | None) -> Any:  # PRIVATE API
+        if handle.removed:
+            return await base_acquire(self, timeout)
+        tracker.requests_waiting += 1
+        t0 = _monotonic()
+        try:
+            proxy = await base_acquire(self, timeout)
+        except asyncio.TimeoutError as e:
+            raise handle._timed_out(e, t0, timeout) from None
+        except BaseException as e:
+            handle._failed(e)
+            raise
+        stack = stack_from(_getframe(1), handle.stack_depth) if capture else ()
+        now = _monotonic()
+        tracker.requests_waiting -= 1
+        con = proxy._con  # PRIVATE read
+        rec = recs_get(id(con))
+        if rec is None or rec.connection() is not con:
+            rec = handle._rec_of(con)
+        checkout(rec, task_or_thread(), stack, now)
+        if now - t0 > WAITED_AFTER:
+            handle._waited(now - t0)
+        if handle._loop is None:
+            handle._loop = asyncio.get_running_loop()
+        return proxy
+
+    def release(self: Pool, connection: Any, *, timeout: float | None = None
+                ) -> Awaitable[Any]:
+        con = getattr(connection, "_con", None)  # PRIVATE read; None: released already
+        if con is not None:
+            rec = recs_get(id(con))
+            if rec is not None and rec.out:
+                checkin(rec, _monotonic())
+        released: Awaitable[Any] = base_release(self, connection, timeout=timeout)
+        return released
 
     async def _get_new_connection(self: Pool) -> Any:  # PRIVATE API
-        t0 = time.monotonic()
+        t0 = _monotonic()
         try:
             con = await base._get_new_connection(self)
         except BaseException:
@@ -282,19 +281,18 @@ def _subclass(base: type[Pool], handle: AsyncpgInstrumentation) -> type[Pool]:
                 handle.tracker.connect_failed()
             raise
         if not handle.removed:
-            handle._record(con, time.monotonic() - t0)
+            handle._record(con, _monotonic() - t0)
             await handle._check_pooler(con)
         return con
 
-    for fn, original in ((acquire, base.acquire), (release, base.release)):
-        fn.__doc__ = original.__doc__
+    release.__doc__ = base.release.__doc__
     namespace = {
         "__slots__": (),
         "__module__": base.__module__,
         "__qualname__": base.__qualname__,
         "__doc__": base.__doc__,
         "_pgwarden": handle,
-        "acquire": acquire,
+        "_acquire": _acquire,
         "release": release,
         "_get_new_connection": _get_new_connection,
     }

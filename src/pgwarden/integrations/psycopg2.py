@@ -23,6 +23,7 @@ Tested with psycopg2 2.9.5 and 2.9.13 (pyproject pins ``psycopg2-binary>=2.9.5,<
 from __future__ import annotations
 
 import itertools
+import sys
 import threading
 import time
 import weakref
@@ -32,8 +33,7 @@ import psycopg2
 from psycopg2.pool import AbstractConnectionPool, PoolError
 
 from ..observe import Sizes, TrackedConnection
-from ..observe.holders import capture_stack
-from ._base import ExplainedError, Instrumentation, backend_pid
+from ._base import ExplainedError, Instrumentation, backend_pid, stack_from
 from ._base import skip_library as _skip_library
 
 __all__ = ["ExplainedPoolError", "Psycopg2Instrumentation", "instrument", "instrumentation_of"]
@@ -43,6 +43,10 @@ _skip_library(psycopg2)
 _ATTR = "_pgwarden_instrumentation"
 _WRAPPED = ("getconn", "putconn", "closeall", "_connect")
 _numbers = itertools.count(1)
+
+_getframe = sys._getframe
+_monotonic = time.monotonic
+_current_thread = threading.current_thread
 
 
 class ExplainedPoolError(PoolError, ExplainedError):
@@ -58,6 +62,8 @@ class Psycopg2Instrumentation(Instrumentation):
     def __init__(self, pool: AbstractConnectionPool, *, name: str,
                  leak_threshold: float | None, reclaim: bool) -> None:
         self.pool = pool
+        #: ``id(connection) -> record`` (psycopg2's connections take no attributes); an entry
+        #: goes when psycopg2 closes its connection
         self._recs: dict[int, TrackedConnection] = {}
         self._to_reclaim: list[Any] = []
         super().__init__(pool, name=name, leak_threshold=leak_threshold, sizes=self._sizes,
@@ -87,8 +93,12 @@ class Psycopg2Instrumentation(Instrumentation):
         rec = self._recs.pop(id(conn), None)
         if rec is not None:
             with self.lock:
-                self._out.pop(id(conn), None)
                 self.tracker.closed(rec)
+
+    def _candidates(self) -> list[tuple[int, TrackedConnection, Any]]:
+        """The checked-out connections (psycopg2's ``_used`` holds them strongly)."""
+        return [(id(conn), rec, conn) for rec in list(self.tracker.records)
+                if rec.out and (conn := self._driver_connection(rec)) is not None]
 
     def _internal_refs(self, conn: Any) -> int | None:
         """PRIVATE reads: the pool's own reference to a checked-out connection (``_used``)."""
@@ -98,7 +108,6 @@ class Psycopg2Instrumentation(Instrumentation):
 
     def _reclaim(self, key: int, rec: TrackedConnection, conn: Any) -> None:
         with self.lock:
-            self._out.pop(key, None)
             self._to_reclaim.append(conn)
 
     def _reclaim_pending(self, putconn: Any) -> None:
@@ -118,6 +127,11 @@ class Psycopg2Instrumentation(Instrumentation):
             if getattr(conn, "closed", 0):
                 self._forget(conn)
 
+    def _explain_exhausted(self, e: PoolError) -> BaseException:
+        with self.lock:
+            self.tracker.timed_out(0.0)
+        return self._explained(ExplainedPoolError, e)
+
     def _undo(self) -> None:
         for attr in _WRAPPED:
             fn = self.pool.__dict__.get(attr)
@@ -133,67 +147,60 @@ def _logger() -> Any:
 
 
 def _wrap(handle: Psycopg2Instrumentation, pool: Any) -> None:
+    """Set the four methods over the pool's own on the instance. The hot path (``getconn``,
+    ``putconn``): one wrapper layer each way, the record found by ``id``, one clock read each,
+    the stack, no lock (module docstring of ``_base``)."""
     getconn, putconn, closeall, connect = pool.getconn, pool.putconn, pool.closeall, \
         pool._connect
-    tracker, lock, capture = handle.tracker, handle.lock, handle.capture
-    recs, out = handle._recs, handle._out
+    tracker, capture, to_reclaim = handle.tracker, handle.capture, handle._to_reclaim
+    checkout, checkin = tracker.checkout, tracker.checkin
+    recs_get = handle._recs.get
 
     def wrapped_getconn(key: Any = None) -> Any:
-        if handle._to_reclaim:
+        if to_reclaim:
             handle._reclaim_pending(putconn)
         try:
             conn = getconn(key)
         except PoolError as e:
             if "exhausted" not in str(e):
                 raise
-            with lock:
-                tracker.timed_out(0.0)
-            raise handle._explained(ExplainedPoolError, e) from None
-        rec = recs.get(id(conn))
+            raise handle._explain_exhausted(e) from None
+        rec = recs_get(id(conn))
         if rec is None:
             rec = handle._record(conn, None)
-        if rec.out:  # getconn(key) of a key that holds it already
+        elif rec.out:  # getconn(key) of a key that holds it already
             return conn
-        stack = capture_stack(2, handle.stack_depth) if capture else ()
-        now = time.monotonic()
-        holder = threading.current_thread()
-        with lock:
-            tracker.checkout(rec, holder, stack, now)
-            out[id(conn)] = (rec, conn)
+        checkout(rec, _current_thread(),
+                 stack_from(_getframe(1), handle.stack_depth) if capture else (), _monotonic())
         return conn
 
     def wrapped_putconn(conn: Any = None, key: Any = None, close: bool = False) -> None:
-        if handle._to_reclaim:
+        if to_reclaim:
             handle._reclaim_pending(putconn)
         if conn is None and key is not None:
             conn = pool._used.get(key)  # PRIVATE read: putconn(key=...) names no connection
-        rec = recs.get(id(conn))
-        if rec is not None:
-            with lock:
-                out.pop(id(conn), None)
-                if rec.out:
-                    tracker.checkin(rec, time.monotonic())
+        rec = recs_get(id(conn))
+        if rec is not None and rec.out:
+            checkin(rec, _monotonic())
         putconn(conn, key, close)
         if rec is not None and conn.closed:
             handle._forget(conn)
 
     def wrapped_closeall() -> None:
         closeall()
-        for rec_key in list(recs):
-            rec = recs.pop(rec_key)
-            with lock:
-                out.pop(rec_key, None)
-                tracker.closed(rec)
+        with handle.lock:
+            for rec_key in list(handle._recs):
+                tracker.closed(handle._recs.pop(rec_key))
 
     def wrapped_connect(key: Any = None) -> Any:  # PRIVATE API: psycopg2 opens through it
-        t0 = time.monotonic()
+        t0 = _monotonic()
         try:
             conn = connect(key)
         except BaseException:
-            with lock:
+            with handle.lock:
                 tracker.connect_failed()
             raise
-        handle._record(conn, time.monotonic() - t0)
+        handle._record(conn, _monotonic() - t0)
         return conn
 
     wrappers: dict[str, Any] = {"getconn": wrapped_getconn, "putconn": wrapped_putconn,

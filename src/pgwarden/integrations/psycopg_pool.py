@@ -13,15 +13,20 @@ them):
 - ``_connect`` (PRIVATE API, :func:`_wrap_connect`): times each new connection and reads its
   backend pid once (``conn.info.backend_pid``).
 
-Each connection is kept as a weak reference with a callback: when psycopg_pool drops a
-connection it closed, the record goes; when the application drops one it never returned, it is
-reported as collected by the next leak scan (psycopg_pool cannot take that slot back: it stays
-counted in the pool's size until the pool is closed, as without pgwarden). Tested with
-psycopg_pool 3.2.0 and 3.3.3 (pyproject pins ``psycopg_pool>=3.2,<3.4``).
+The tracker's record of a connection is an attribute of the psycopg connection object
+(``_pgwarden_tracked``, set when it opens, deleted by :meth:`remove`): a checkout and a return
+find it without a lookup table. The record keeps the connection as a weak reference with a
+callback, made once per connection: when psycopg_pool drops a connection it closed, the record
+goes; when the application drops one it never returned (psycopg_pool keeps no reference to a
+checked-out connection), it is reported as collected by the next leak scan (psycopg_pool cannot
+take that slot back: it stays counted in the pool's size until the pool is closed, as without
+pgwarden). Tested with psycopg_pool 3.2.0 and 3.3.3 (pyproject pins
+``psycopg_pool>=3.2,<3.4``).
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 import weakref
@@ -32,10 +37,16 @@ import psycopg_pool
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 from ..observe import Sizes, TrackedConnection
-from ..observe.holders import capture_stack
 from ..pgbouncer.detect import adetect_psycopg, detect_psycopg
 from ..pgbouncer.drivers import Setting
-from ._base import WAITED_AFTER, ExplainedError, Instrumentation, backend_pid, task_or_thread
+from ._base import (
+    WAITED_AFTER,
+    ExplainedError,
+    Instrumentation,
+    backend_pid,
+    stack_from,
+    task_or_thread,
+)
 from ._base import skip_library as _skip_library
 
 __all__ = ["ExplainedPoolTimeout", "PsycopgPoolInstrumentation", "instrument",
@@ -45,6 +56,13 @@ _skip_library(psycopg_pool)
 
 _ATTR = "_pgwarden_instrumentation"
 _WRAPPED = ("getconn", "putconn", "_connect")
+#: the tracker's record of a connection, set on the psycopg connection object (psycopg's
+#: connections have a ``__dict__``; psycopg_pool sets ``_pool`` on them the same way)
+_REC = "_pgwarden_tracked"
+
+_getframe = sys._getframe
+_monotonic = time.monotonic
+_current_thread = threading.current_thread
 
 
 class ExplainedPoolTimeout(PoolTimeout, ExplainedError):
@@ -62,13 +80,9 @@ class PsycopgPoolInstrumentation(Instrumentation):
                  reclaim: bool) -> None:
         self.pool = pool
         self.is_async = isinstance(pool, AsyncConnectionPool)
-        self._recs: dict[int, TrackedConnection] = {}
         super().__init__(pool, name=name, leak_threshold=leak_threshold, sizes=self._sizes,
                          reclaim=reclaim)
-        if self.is_async:
-            _wrap_async(self, pool)
-        else:
-            _wrap_sync(self, pool)
+        _wrap(self, pool)
         self._start()
 
     def _sizes(self) -> Sizes:
@@ -80,10 +94,9 @@ class PsycopgPoolInstrumentation(Instrumentation):
     def _record(self, conn: Any, elapsed: float | None) -> TrackedConnection:
         """Track a connection (``elapsed``: seconds it took to open; ``None``: it was open
         before the pool was instrumented)."""
-        key = id(conn)
         rec = TrackedConnection(backend_pid(conn))
-        rec.connection = weakref.ref(conn, self._collector(key, rec))
-        self._recs[key] = rec
+        rec.connection = weakref.ref(conn, self._collector(rec))
+        setattr(conn, _REC, rec)
         with self.lock:
             if elapsed is None:
                 self._adopt(rec)
@@ -91,36 +104,21 @@ class PsycopgPoolInstrumentation(Instrumentation):
                 self.tracker.connected(rec, elapsed)
         return rec
 
-    def _collector(self, key: int, rec: TrackedConnection) -> Callable[[Any], None]:
+    def _collector(self, rec: TrackedConnection) -> Callable[[Any], None]:
         wself = weakref.ref(self)
 
         def gone(_ref: Any) -> None:
             handle = wself()
-            if handle is None or handle.removed:
-                return
-            if handle._recs.get(key) is rec:
-                del handle._recs[key]
-            handle._gone.append(rec)  # reported by the next leak scan
+            if handle is not None and not handle.removed:
+                handle._gone.append(rec)  # reported by the next leak scan
 
         return gone
-
-    def _checked_out(self, conn: Any, t0: float, stack: Any) -> None:
-        rec = self._recs.get(id(conn))
-        if rec is None or rec.connection() is not conn:
-            rec = self._record(conn, None)
-        now = time.monotonic()
-        holder = task_or_thread() if self.is_async else threading.current_thread()
-        with self.lock:
-            self.tracker.requests_waiting -= 1
-            self.tracker.checkout(rec, holder, stack, now)
-            if now - t0 > WAITED_AFTER:
-                self.tracker.waited(now - t0)
 
     def _gave_up(self, exc: BaseException, t0: float) -> BaseException | None:
         err = None
         with self.lock:
             if isinstance(exc, PoolTimeout):
-                self.tracker.timed_out(time.monotonic() - t0)
+                self.tracker.timed_out(_monotonic() - t0)
                 if not isinstance(exc, ExplainedPoolTimeout):
                     # explained while this caller still counts as waiting
                     err = self._explained(ExplainedPoolTimeout, exc)
@@ -128,12 +126,6 @@ class PsycopgPoolInstrumentation(Instrumentation):
                 self.tracker.failed()
             self.tracker.requests_waiting -= 1
         return err
-
-    def _returning(self, conn: Any) -> None:
-        rec = self._recs.get(id(conn))
-        if rec is not None and rec.out:
-            with self.lock:
-                self.tracker.checkin(rec, time.monotonic())
 
     # -- behind PgBouncer (connect time) ----------------------------------------------------
 
@@ -185,56 +177,87 @@ class PsycopgPoolInstrumentation(Instrumentation):
             if fn is not None and getattr(fn, "__pgwarden__", False):
                 del self.pool.__dict__[attr]
         self.pool.__dict__.pop(_ATTR, None)
+        with self.lock:
+            for rec in list(self.tracker.records):
+                conn = self._driver_connection(rec)
+                if conn is not None and conn.__dict__.get(_REC) is rec:
+                    del conn.__dict__[_REC]
 
 
-def _wrap_sync(handle: PsycopgPoolInstrumentation, pool: ConnectionPool[Any]) -> None:
+def _wrap(handle: PsycopgPoolInstrumentation, pool: Any) -> None:
+    """Set ``getconn`` and ``putconn`` (and ``_connect``) over the pool's own on the instance.
+
+    The hot path: one wrapper layer each way, two clock reads, the record read from the
+    connection object, the stack, no lock (module docstring of ``_base``). The sync and the
+    async wrappers are the same lines around a call or an await."""
     getconn, putconn = pool.getconn, pool.putconn
-    tracker, lock, capture = handle.tracker, handle.lock, handle.capture
+    tracker, capture = handle.tracker, handle.capture
+    checkout, checkin, records = tracker.checkout, tracker.checkin, tracker.records
+    holder_of: Callable[[], Any] = task_or_thread if handle.is_async else _current_thread
 
-    def wrapped_getconn(timeout: float | None = None) -> Any:
-        with lock:
+    if handle.is_async:
+        async def wrapped_getconn(timeout: float | None = None) -> Any:
             tracker.requests_waiting += 1
-        t0 = time.monotonic()
-        try:
-            conn = getconn(timeout)
-        except BaseException as e:
-            err = handle._gave_up(e, t0)
-            if err is not None:
-                raise err from None
-            raise
-        handle._checked_out(conn, t0, capture_stack(2, handle.stack_depth) if capture else ())
-        return conn
+            t0 = _monotonic()
+            try:
+                conn = await getconn(timeout)
+            except BaseException as e:
+                err = handle._gave_up(e, t0)
+                if err is not None:
+                    raise err from None
+                raise
+            stack = stack_from(_getframe(1), handle.stack_depth) if capture else ()
+            now = _monotonic()
+            tracker.requests_waiting -= 1
+            try:
+                rec = conn._pgwarden_tracked
+            except AttributeError:  # open before the pool was instrumented
+                rec = handle._record(conn, None)
+            checkout(rec, holder_of(), stack, now)
+            if now - t0 > WAITED_AFTER:
+                handle._waited(now - t0)
+            return conn
 
-    def wrapped_putconn(conn: Any) -> None:
-        handle._returning(conn)
-        putconn(conn)
+        async def wrapped_putconn(conn: Any) -> None:
+            try:
+                rec = conn._pgwarden_tracked
+            except AttributeError:  # not a connection of the pool: psycopg_pool says so
+                rec = None
+            if rec is not None and rec.out and rec in records:  # (another pool's: it says so)
+                checkin(rec, _monotonic())
+            await putconn(conn)
 
-    _set(pool, "getconn", wrapped_getconn)
-    _set(pool, "putconn", wrapped_putconn)
-    _wrap_connect(handle, pool)
-
-
-def _wrap_async(handle: PsycopgPoolInstrumentation, pool: AsyncConnectionPool[Any]) -> None:
-    getconn, putconn = pool.getconn, pool.putconn
-    tracker, lock, capture = handle.tracker, handle.lock, handle.capture
-
-    async def wrapped_getconn(timeout: float | None = None) -> Any:
-        with lock:
+    else:
+        def wrapped_getconn(timeout: float | None = None) -> Any:  # type: ignore[misc]
             tracker.requests_waiting += 1
-        t0 = time.monotonic()
-        try:
-            conn = await getconn(timeout)
-        except BaseException as e:
-            err = handle._gave_up(e, t0)
-            if err is not None:
-                raise err from None
-            raise
-        handle._checked_out(conn, t0, capture_stack(2, handle.stack_depth) if capture else ())
-        return conn
+            t0 = _monotonic()
+            try:
+                conn = getconn(timeout)
+            except BaseException as e:
+                err = handle._gave_up(e, t0)
+                if err is not None:
+                    raise err from None
+                raise
+            stack = stack_from(_getframe(1), handle.stack_depth) if capture else ()
+            now = _monotonic()
+            tracker.requests_waiting -= 1
+            try:
+                rec = conn._pgwarden_tracked
+            except AttributeError:  # open before the pool was instrumented
+                rec = handle._record(conn, None)
+            checkout(rec, holder_of(), stack, now)
+            if now - t0 > WAITED_AFTER:
+                handle._waited(now - t0)
+            return conn
 
-    async def wrapped_putconn(conn: Any) -> None:
-        handle._returning(conn)
-        await putconn(conn)
+        def wrapped_putconn(conn: Any) -> None:  # type: ignore[misc]
+            try:
+                rec = conn._pgwarden_tracked
+            except AttributeError:  # not a connection of the pool: psycopg_pool says so
+                rec = None
+            if rec is not None and rec.out and rec in records:  # (another pool's: it says so)
+                checkin(rec, _monotonic())
+            putconn(conn)
 
     _set(pool, "getconn", wrapped_getconn)
     _set(pool, "putconn", wrapped_putconn)
@@ -248,26 +271,26 @@ def _wrap_connect(handle: PsycopgPoolInstrumentation, pool: Any) -> None:
     original = pool._connect
 
     async def wrapped_async(timeout: float | None = None) -> Any:
-        t0 = time.monotonic()
+        t0 = _monotonic()
         try:
             conn = await original(timeout)
         except BaseException:
             with handle.lock:
                 handle.tracker.connect_failed()
             raise
-        handle._record(conn, time.monotonic() - t0)
+        handle._record(conn, _monotonic() - t0)
         await handle._acheck_pooler(conn)
         return conn
 
     def wrapped(timeout: float | None = None) -> Any:
-        t0 = time.monotonic()
+        t0 = _monotonic()
         try:
             conn = original(timeout)
         except BaseException:
             with handle.lock:
                 handle.tracker.connect_failed()
             raise
-        handle._record(conn, time.monotonic() - t0)
+        handle._record(conn, _monotonic() - t0)
         handle._check_pooler(conn)
         return conn
 

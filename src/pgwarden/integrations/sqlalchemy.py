@@ -1,37 +1,48 @@
 """SQLAlchemy: ``Engine``, ``AsyncEngine`` (through its ``sync_engine``) and ``Pool``.
 
-Hooks (SQLAlchemy's documented pool events, ``sqlalchemy.events.PoolEvents``):
+The checkout and the return are seen by wrapping two methods of the pool instance (instance
+attributes; the class is untouched and :meth:`remove` deletes them), not by SQLAlchemy's
+``checkout`` and ``checkin`` events: any ``checkout`` listener sends every checkout through
+SQLAlchemy's slower path (its reconnect loop and the event dispatch), and the two listeners cost
+more than the whole bookkeeping (docs/instrument.md, "Cost").
 
-=================  ==========================================================================
-event              what the tracker hears
-=================  ==========================================================================
-``connect``        a DBAPI connection opened (its backend pid read once, here)
-``checkout``       a checkout by the current thread or task; the ``_ConnectionFairy`` is kept
-                   weakly, to tell a fairy the garbage collector finalized from a close
-``checkin``        the connection came back; when the fairy is dead this is SQLAlchemy's
-                   finalizer returning a connection the application dropped: "collected"
-``detach``         the connection left the pool (``Connection.detach()``, or an asyncio
-                   dialect's finalizer, which detaches a dropped connection rather than reset
-                   it outside the event loop: "collected")
-``close``          the DBAPI connection was closed (invalidated, recycled, overflow, disposed)
-=================  ==========================================================================
+=============================  ================================================================
+hook                           what the tracker hears
+=============================  ================================================================
+``Pool.connect`` (public)      a checkout by the current thread or task, once SQLAlchemy has
+                               the DBAPI connection (after a reconnect or a pre-ping); the
+                               fairy's weak reference (PRIVATE reads of ``_connection_record``
+                               and its ``fairy_ref``) is kept, to tell a fairy the garbage
+                               collector finalized from a close; a ``TimeoutError`` becomes
+                               :class:`ExplainedTimeoutError`
+``Pool._do_return_conn``       the connection came back (PRIVATE API: every return, a detach
+                               and SQLAlchemy's finalizer of a dropped fairy come through it);
+                               when the fairy is dead this is the finalizer returning a
+                               connection the application dropped: "collected"
+``Pool.recreate`` (public)     ``engine.dispose()`` makes a new pool: it is wrapped at once
+``connect`` event              a DBAPI connection opened (its backend pid read once, here)
+``detach`` event               the connection left the pool (``Connection.detach()``, or an
+                               asyncio dialect's finalizer, which detaches a dropped connection
+                               rather than reset it outside the event loop)
+``close`` event                the DBAPI connection was closed (invalidated, recycled,
+                               overflow, disposed)
+=============================  ================================================================
 
-An ``Engine``'s ``dispose()`` replaces its pool (``Pool.recreate()`` copies the listeners); the
-new pool's timeout is wrapped at its first ``connect`` event.
-
-Private API (SQLAlchemy has no hook for a checkout that times out): the pool instance's
-``_do_get`` (``QueuePool`` and subclasses) is wrapped in :func:`_wrap_do_get` to count waiting
-callers and to raise :class:`ExplainedTimeoutError`; the ``QueuePool`` size is read with
-``size()``, ``checkedin()``, ``checkedout()`` and the private ``_max_overflow``. Tested with
-SQLAlchemy 2.0.0 and 2.1.9 (pyproject pins ``sqlalchemy>=2.0,<2.2``).
+The tracker's record of a DBAPI connection lives in ``ConnectionPoolEntry.info`` (public; also
+``PoolProxiedConnection.info``), which SQLAlchemy clears whenever the entry gets a new DBAPI
+connection. The ``QueuePool`` size is read with ``size()``, ``checkedin()``, ``checkedout()``
+and the private ``_max_overflow``. Tested with SQLAlchemy 2.0.0 and 2.1.9 (pyproject pins
+``sqlalchemy>=2.0,<2.2``).
 """
 
 from __future__ import annotations
 
 import itertools
+import sys
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy
@@ -39,7 +50,7 @@ from sqlalchemy import event, exc
 from sqlalchemy.pool import Pool, QueuePool
 
 from ..observe import Sizes, TrackedConnection
-from ..observe.holders import capture_stack, skip_files
+from ..observe.holders import skip_files
 from ..pgbouncer.detect import adetect_asyncpg, adetect_psycopg, detect_psycopg
 from ..pgbouncer.drivers import Setting
 from ._base import (
@@ -47,7 +58,7 @@ from ._base import (
     ExplainedError,
     Instrumentation,
     backend_pid,
-    frames_from,
+    stack_from,
     task_or_thread,
 )
 from ._base import skip_library as _skip_library
@@ -65,11 +76,17 @@ skip_files("<sqlalchemy generated", "<string>")
 #: dictionary, which SQLAlchemy clears whenever the entry gets a new DBAPI connection
 _KEY = "pgwarden.tracked"
 _ATTR = "_pgwarden_instrumentation"
+#: the pool methods set on the instance
+_WRAPPED = ("connect", "_do_return_conn", "recreate")
 _numbers = itertools.count(1)
 #: SQLAlchemy's driver name -> :data:`pgwarden.pgbouncer.drivers.DRIVERS` (psycopg2 never
 #: prepares on the server: nothing to check)
 _DRIVERS = {"psycopg": "sqlalchemy+psycopg", "psycopg_async": "sqlalchemy+psycopg",
             "asyncpg": "sqlalchemy+asyncpg"}
+
+_getframe = sys._getframe
+_monotonic = time.monotonic
+_current_thread = threading.current_thread
 
 
 class ExplainedTimeoutError(exc.TimeoutError, ExplainedError):
@@ -78,39 +95,25 @@ class ExplainedTimeoutError(exc.TimeoutError, ExplainedError):
     (:class:`~pgwarden.integrations.ExplainedError`)."""
 
 
-def _greenlet_parent_frame() -> Any:
-    """The frame the asyncio side of SQLAlchemy's greenlet bridge is suspended in (its
-    ``greenlet_spawn``): the application's coroutine is above it."""
-    try:
-        import greenlet
-    except ImportError:  # pragma: no cover - asyncio dialects require it
-        return None
-    parent = greenlet.getcurrent().parent
-    return None if parent is None else parent.gr_frame
-
-
 class SQLAlchemyInstrumentation(Instrumentation):
     """The handle of an instrumented SQLAlchemy engine or pool (see the module docstring)."""
 
     library = "sqlalchemy"
-    #: frames kept from the caller of ``Pool.connect`` outwards: the ORM's ``Session`` sits
-    #: up to ~10 frames above it
-    stack_depth = 14
 
     def __init__(self, target: Any, engine: Any, pool: Pool, *, name: str,
                  leak_threshold: float | None, reclaim: bool) -> None:
         self.engine = engine
         self._pool = pool
+        #: every pool wrapped (the engine's, and the ones ``dispose()`` replaced it with while
+        #: connections checked out of them may still come back)
+        self._wrapped: weakref.WeakSet[Pool] = weakref.WeakSet()
         super().__init__(target, name=name, leak_threshold=leak_threshold, sizes=self._sizes,
                          reclaim=reclaim)
         dialect = engine.dialect if engine is not None else getattr(pool, "_dialect", None)
         self.is_async = bool(getattr(dialect, "is_async", False))
         self.driver = _DRIVERS.get(str(getattr(dialect, "driver", "")), "")
-        self._holder = task_or_thread if self.is_async else threading.current_thread
         self._listeners = (
             ("connect", self._on_connect),
-            ("checkout", self._on_checkout),
-            ("checkin", self._on_checkin),
             ("detach", self._on_detach),
             ("close", self._on_close),
         )
@@ -119,7 +122,7 @@ class SQLAlchemyInstrumentation(Instrumentation):
         self._listened = pool
         for identifier, fn in self._listeners:
             event.listen(pool, identifier, fn)
-        _wrap_do_get(self, pool)
+        _wrap(self, pool)
         self._start()
 
     @property
@@ -151,7 +154,7 @@ class SQLAlchemyInstrumentation(Instrumentation):
 
     def _on_connect(self, dbapi_connection: Any, entry: Any) -> None:
         if self.engine is not None and self.engine.pool is not self._pool:
-            self._new_pool(self.engine.pool)
+            self._new_pool(self.engine.pool)  # replaced without recreate(): wrap it now
         rec = self._track(dbapi_connection, entry)
         started = getattr(entry, "last_connect_time", None)
         elapsed = max(0.0, time.time() - started) if started else 0.0
@@ -212,34 +215,10 @@ class SQLAlchemyInstrumentation(Instrumentation):
         make = "create_async_engine" if self.is_async else "create_engine"
         return f"{make}(url, connect_args={{{args}}})"
 
-    def _async_stack(self) -> Any:
-        # the sync side runs in a greenlet whose frames end at SQLAlchemy's bridge: add the
-        # suspended asyncio side, where the application's coroutine is
-        return capture_stack(4, 6) + frames_from(_greenlet_parent_frame(), self.stack_depth)
-
-    def _on_checkout(self, dbapi_connection: Any, entry: Any, fairy: Any) -> None:
-        rec = entry.info.get(_KEY)
-        if rec is None:
-            with self.lock:
-                rec = self._adopt(self._track(dbapi_connection, entry))
-        if not self.capture:
-            stack: Any = ()
-        elif self.is_async:
-            stack = self._async_stack()
-        else:
-            # 0 capture_stack, 1 this, 2 the event dispatcher, 3 _checkout, 4 Pool.connect,
-            # 5 its caller
-            stack = capture_stack(5, self.stack_depth)
-        holder = self._holder()  # the thread (sync) or the task (asyncio dialects)
-        now = time.monotonic()
+    def _untracked(self, fairy: Any) -> TrackedConnection:
+        """A checkout of a connection opened before the pool was instrumented."""
         with self.lock:
-            self.tracker.checkout(rec, holder, stack, now)
-        rec.handle = weakref.ref(fairy)
-
-    def _on_checkin(self, dbapi_connection: Any, entry: Any) -> None:
-        rec = entry.info.get(_KEY)
-        if rec is not None and rec.out:
-            self._returned(rec)
+            return self._adopt(self._track(fairy.dbapi_connection, fairy._connection_record))
 
     def _returned(self, rec: TrackedConnection) -> None:
         handle = rec.handle
@@ -248,7 +227,7 @@ class SQLAlchemyInstrumentation(Instrumentation):
                 # SQLAlchemy's finalizer of a fairy the application dropped
                 self.tracker.collected(rec)
             else:
-                self.tracker.checkin(rec, time.monotonic())
+                self.tracker.checkin(rec, _monotonic())
 
     def _left_pool(self, entry: Any) -> None:
         rec = entry.info.pop(_KEY, None)
@@ -265,28 +244,45 @@ class SQLAlchemyInstrumentation(Instrumentation):
     def _on_close(self, dbapi_connection: Any, entry: Any) -> None:
         self._left_pool(entry)
 
+    def _timed_out(self, e: exc.TimeoutError, t0: float) -> BaseException:
+        with self.lock:
+            self.tracker.timed_out(_monotonic() - t0)
+            # explained while this caller still counts as waiting
+            err = self._explained(ExplainedTimeoutError, e)
+            self.tracker.requests_waiting -= 1
+        return err
+
+    def _failed(self, e: BaseException) -> None:
+        with self.lock:
+            self.tracker.requests_waiting -= 1
+            if isinstance(e, Exception):
+                self.tracker.failed()
+
     def _new_pool(self, pool: Pool) -> None:
         """``engine.dispose()`` replaced the pool (``Pool.recreate()`` copied the listeners):
-        wrap the new pool's timeout. Seen at its first connection, which comes before any
-        checkout of it can time out. (An ``engine_disposed`` listener would do it at once, but
-        any engine-level listener makes SQLAlchemy dispatch connection events on every
-        ``Connection``: +3 µs per checkout.) Connections still checked out of the old pool
-        come back to it and are seen by the same listeners."""
-        old, self._pool = self._pool, pool
-        _wrap_do_get(self, pool)
-        setattr(pool, _ATTR, self)
-        old.__dict__.pop(_ATTR, None)
+        wrap the new one. (An ``engine_disposed`` listener would do too, but any engine-level
+        listener makes SQLAlchemy dispatch connection events on every ``Connection``: +3 µs per
+        checkout.) Connections still checked out of the old pool come back to it, still
+        wrapped."""
+        if pool in self._wrapped:
+            return
+        _wrap(self, pool)
+        if self.engine is not None:  # (a pool instrumented by itself stays the target)
+            old, self._pool = self._pool, pool
+            setattr(pool, _ATTR, self)
+            old.__dict__.pop(_ATTR, None)
 
     def _undo(self) -> None:
         for identifier, fn in self._listeners:
             if event.contains(self._listened, identifier, fn):
                 event.remove(self._listened, identifier, fn)
+        pools = [*self._wrapped, self._pool]
         if self.engine is not None:
-            _unwrap_do_get(self.engine.pool)
+            pools.append(self.engine.pool)
             self.engine.__dict__.pop(_ATTR, None)
-            self.engine.pool.__dict__.pop(_ATTR, None)
-        _unwrap_do_get(self._pool)
-        self._pool.__dict__.pop(_ATTR, None)
+        for pool in pools:
+            _unwrap(pool)
+            pool.__dict__.pop(_ATTR, None)
         with self.lock:
             for rec in list(self.tracker.records):
                 entry = rec.connection
@@ -295,49 +291,97 @@ class SQLAlchemyInstrumentation(Instrumentation):
                     del info[_KEY]
 
 
-def _wrap_do_get(handle: SQLAlchemyInstrumentation, pool: Pool) -> None:
-    """PRIVATE API: wrap the pool instance's ``_do_get`` (QueuePool and its subclasses: the
-    only pools whose checkout waits and times out) to count the callers waiting and to raise
-    :class:`ExplainedTimeoutError` instead of ``sqlalchemy.exc.TimeoutError``."""
-    if not isinstance(pool, QueuePool) or "_do_get" in pool.__dict__:
-        return
-    original = pool._do_get
-    tracker, lock = handle.tracker, handle.lock
+def _greenlet_stack() -> Callable[[int], Any]:
+    """The checkout stack under an asyncio dialect: the pool runs in a greenlet whose frames are
+    SQLAlchemy's down to its bridge; the application's coroutine is on the asyncio side, above
+    the suspended ``greenlet_spawn`` (the parent greenlet's frame). Outside the bridge (no
+    parent): the caller's frames. (A checkout inside ``run_sync(fn)`` is located at the line
+    awaiting ``run_sync``.)"""
+    from greenlet import getcurrent  # asyncio dialects require it
 
-    def _do_get() -> Any:
-        with lock:
-            tracker.requests_waiting += 1
-        t0 = time.monotonic()
+    def stack(depth: int) -> Any:
+        parent = getcurrent().parent
+        return stack_from(parent.gr_frame if parent is not None else _getframe(2), depth)
+
+    return stack
+
+
+def _wrap(handle: SQLAlchemyInstrumentation, pool: Pool) -> None:
+    """Set ``connect``, ``_do_return_conn`` (PRIVATE API) and ``recreate`` over the pool's own,
+    on the instance.
+
+    The hot path: one wrapper layer each way, two clock reads at a checkout and one at a
+    return, the record read from the entry's ``info``, SQLAlchemy's weak reference to the fairy
+    kept, the stack, no lock (module docstring of ``_base``)."""
+    connect, do_return_conn, recreate = pool.connect, pool._do_return_conn, pool.recreate
+    tracker, capture = handle.tracker, handle.capture
+    checkout, checkin = tracker.checkout, tracker.checkin
+    holder_of: Callable[[], Any] = task_or_thread if handle.is_async else _current_thread
+    greenlet_stack = _greenlet_stack() if handle.is_async else None
+
+    def wrapped_connect() -> Any:
+        tracker.requests_waiting += 1
+        t0 = _monotonic()
         try:
-            entry = original()
+            fairy = connect()
         except exc.TimeoutError as e:
-            with lock:
-                tracker.timed_out(time.monotonic() - t0)
-                # explained while this caller still counts as waiting
-                err = handle._explained(ExplainedTimeoutError, e)
-                tracker.requests_waiting -= 1
-            raise err from None
+            raise handle._timed_out(e, t0) from None
         except BaseException as e:
-            with lock:
-                tracker.requests_waiting -= 1
-                if isinstance(e, Exception):
-                    tracker.failed()
+            handle._failed(e)
             raise
-        waited = time.monotonic() - t0
-        with lock:
-            tracker.requests_waiting -= 1
-            if waited > WAITED_AFTER:
-                tracker.waited(waited)
-        return entry
+        now = _monotonic()
+        tracker.requests_waiting -= 1
+        entry = fairy._connection_record  # PRIVATE read (PoolProxiedConnection.info is the
+        rec = entry.info.get(_KEY)        # same dict, through a property made per checkout)
+        # PRIVATE read: SQLAlchemy's own weak reference to the fairy (cleared before its
+        # finalizer runs); a weak reference of ours would cost one more object per checkout
+        fairy_ref = entry.fairy_ref or weakref.ref(fairy)
+        if rec is None:
+            rec = handle._untracked(fairy)
+        elif rec.out and rec.handle is fairy_ref:
+            return fairy  # the same fairy again (SingletonThreadPool: the thread's own)
+        if not capture:
+            stack: Any = ()
+        elif greenlet_stack is not None:
+            stack = greenlet_stack(handle.stack_depth)
+        else:
+            stack = stack_from(_getframe(1), handle.stack_depth)
+        checkout(rec, holder_of(), stack, now)
+        rec.handle = fairy_ref
+        if now - t0 > WAITED_AFTER:
+            handle._waited(now - t0)
+        return fairy
 
-    _do_get.__pgwarden__ = True  # type: ignore[attr-defined]
-    pool._do_get = _do_get  # type: ignore[method-assign]
+    def wrapped_do_return_conn(record: Any) -> None:  # PRIVATE API
+        rec = record.info.get(_KEY)
+        if rec is not None and rec.out:
+            fairy_ref = rec.handle
+            if fairy_ref is not None and fairy_ref() is None:
+                handle._returned(rec)  # SQLAlchemy's finalizer of a dropped fairy
+            else:
+                checkin(rec, _monotonic())
+        do_return_conn(record)
+
+    def wrapped_recreate() -> Any:
+        new = recreate()
+        if not handle.removed:
+            handle._new_pool(new)
+        return new
+
+    wrappers: dict[str, Any] = {"connect": wrapped_connect,
+                                "_do_return_conn": wrapped_do_return_conn,
+                                "recreate": wrapped_recreate}
+    for attr, fn in wrappers.items():
+        fn.__pgwarden__ = True
+        setattr(pool, attr, fn)
+    handle._wrapped.add(pool)
 
 
-def _unwrap_do_get(pool: Pool) -> None:
-    fn = pool.__dict__.get("_do_get")
-    if fn is not None and getattr(fn, "__pgwarden__", False):
-        del pool.__dict__["_do_get"]
+def _unwrap(pool: Pool) -> None:
+    for attr in _WRAPPED:
+        fn = pool.__dict__.get(attr)
+        if fn is not None and getattr(fn, "__pgwarden__", False):
+            del pool.__dict__[attr]
 
 
 def _resolve(target: Any) -> tuple[Any, Pool]:

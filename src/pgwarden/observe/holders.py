@@ -13,6 +13,7 @@ import os
 import sys
 import threading
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import CodeType
 from typing import Any
@@ -30,7 +31,8 @@ __all__ = [
 
 #: A captured stack: innermost first, ``(code, f_lasti)`` pairs (the bytecode offset; turned
 #: into a line number only when reported, which saves decoding the line table per checkout).
-RawStack = tuple[tuple[CodeType, int], ...]
+#: A tuple, or the list a pool built it in (never changed afterwards: no copy per checkout).
+RawStack = Sequence[tuple[CodeType, int]]
 
 #: Frames kept per checkout (innermost first).
 STACK_DEPTH = 8

@@ -20,10 +20,13 @@ connection lost        :meth:`Tracker.collected` (the application dropped a chec
 
 and asks it :meth:`Tracker.holders`, :meth:`Tracker.leak_scan` and :meth:`Tracker.stats`.
 
-Calls for one tracker must not overlap: they are made under :attr:`Tracker.lock` (pgwarden's
-pools make it their own lock, the adapters take it), and so are the reads from other threads
-(the metrics collector, the holders endpoint). No call does I/O; the leak warnings are logged
-by :meth:`Tracker.report_leaks` outside any lock.
+Calls for one tracker must not overlap: pgwarden's pools make :attr:`Tracker.lock` their own
+lock and make every call under it, and so are the reads from other threads (the metrics
+collector, the holders endpoint). The instrumented pools (``pgwarden.integrations``) call
+:meth:`Tracker.checkout` and :meth:`Tracker.checkin` without a lock, from the one thread that
+owns the record at that moment, and serialize the other calls under their own lock (their
+module docstring says why that holds under the GIL). No call does I/O; the leak warnings are
+logged by :meth:`Tracker.report_leaks` outside any lock.
 
 Counters and timings are plain data read by the metrics (``pgwarden.metrics``) through
 :meth:`Tracker.stats`: nothing Prometheus-specific sits on the checkout path.
@@ -323,12 +326,13 @@ class Tracker:
     def checkout(self, rec: TrackedConnection, holder: Any, stack: RawStack, now: float
                  ) -> None:
         """``rec`` was checked out at ``now`` (monotonic) by ``holder`` (a thread or a task
-        name), from the code in ``stack``."""
-        rec.out = True
+        name), from the code in ``stack``. (``out`` is written last, and :meth:`checkin` clears it
+        first: a reader in another thread that sees ``out`` sees the whole checkout.)"""
         rec.out_at = now
         rec.holder = holder
         rec.stack = stack
         rec.leak_reported = False
+        rec.out = True
         self.requests_total += 1
 
     def adopt(self, rec: TrackedConnection) -> TrackedConnection:
