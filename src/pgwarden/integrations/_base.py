@@ -328,6 +328,33 @@ class Instrumentation:
         if pooler is not None:
             self._judge(pooler, current)
 
+    def _detect_on(self, detect: Callable[[Any], Any], conn: Any,
+                   current: dict[str, Any]) -> None:
+        """Run ``detect(conn)`` (a :mod:`pgwarden.pgbouncer.detect` function) if the settings
+        ``current`` make it worth a round trip, and judge the answer."""
+        if not self._needs_probe(current):
+            return
+        self._pooler_busy = True
+        try:
+            pooler = detect(conn)
+        except Exception as exc:
+            self._probe_failed(exc)
+        else:
+            self._detected(pooler, current)
+
+    async def _adetect_on(self, detect: Callable[[Any], Any], conn: Any,
+                          current: dict[str, Any]) -> None:
+        """:meth:`_detect_on` with an ``async`` detect function."""
+        if not self._needs_probe(current):
+            return
+        self._pooler_busy = True
+        try:
+            pooler = await detect(conn)
+        except Exception as exc:
+            self._probe_failed(exc)
+        else:
+            self._detected(pooler, current)
+
     def _probe_failed(self, exc: BaseException) -> None:
         """Detection failed on this connection (it is left to the library): try again on the
         next one."""

@@ -205,15 +205,8 @@ class AsyncpgInstrumentation(Instrumentation):
         cache = getattr(con, "_stmt_cache", None)
         size = cache.get_max_size() if cache is not None else None
         current = {"statement_cache_size": size}
-        if size is None or not self._needs_probe(current):
-            return
-        self._pooler_busy = True
-        try:
-            pooler = await adetect_asyncpg(con)
-        except Exception as exc:
-            self._probe_failed(exc)
-        else:
-            self._detected(pooler, current)
+        if size is not None:
+            await self._adetect_on(adetect_asyncpg, con, current)
 
     def _how(self, settings: tuple[Setting, ...]) -> str:
         args = ", ".join(f"{s.name}={s.value}" for s in settings)

@@ -143,28 +143,10 @@ class PsycopgPoolInstrumentation(Instrumentation):
 
     def _check_pooler(self, conn: Any) -> None:
         """On a connection psycopg_pool has just opened (before it serves anyone)."""
-        current = self._settings_of(conn)
-        if not self._needs_probe(current):
-            return
-        self._pooler_busy = True
-        try:
-            pooler = detect_psycopg(conn)
-        except Exception as exc:
-            self._probe_failed(exc)
-        else:
-            self._detected(pooler, current)
+        self._detect_on(detect_psycopg, conn, self._settings_of(conn))
 
     async def _acheck_pooler(self, conn: Any) -> None:
-        current = self._settings_of(conn)
-        if not self._needs_probe(current):
-            return
-        self._pooler_busy = True
-        try:
-            pooler = await adetect_psycopg(conn)
-        except Exception as exc:
-            self._probe_failed(exc)
-        else:
-            self._detected(pooler, current)
+        await self._adetect_on(adetect_psycopg, conn, self._settings_of(conn))
 
     def _how(self, settings: tuple[Setting, ...]) -> str:
         kwargs = ", ".join(f'"{s.name}": {s.value}' for s in settings)
