@@ -38,6 +38,8 @@ def test_holders_name_the_code_thread_and_backend_pid() -> None:
     assert "in borrow_for_a_job (idle in transaction)" in h.describe()
     d = h.as_dict()
     assert d["function"] == "borrow_for_a_job" and d["pid"] == 4711
+    # the stack's paths are shortened like ``file`` (no absolute paths served by serve_holders)
+    assert d["stack"][-1] == f"{d['file']}:{d['line']} in borrow_for_a_job"
     t.checkin(rec, time.monotonic())
     assert t.holders() == []
 

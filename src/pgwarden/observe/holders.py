@@ -198,5 +198,5 @@ class Holder:
             "line": self.line,
             "function": self.function,
             "leaked": self.leaked,
-            "stack": [f"{f.filename}:{f.lineno} in {f.name}" for f in self.stack],
+            "stack": [f"{_short_path(f.filename)}:{f.lineno} in {f.name}" for f in self.stack],
         }
