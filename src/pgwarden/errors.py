@@ -22,6 +22,8 @@ psycopg_pool's do, so ``except psycopg.OperationalError`` keeps working for call
 
 from __future__ import annotations
 
+from typing import Any
+
 import psycopg
 
 __all__ = [
@@ -42,7 +44,30 @@ __all__ = [
 
 
 class PgwardenError(Exception):
-    """Base of every error pgwarden raises."""
+    """Base of every error pgwarden raises.
+
+    Every one of them pickles with its message and attributes (multiprocessing,
+    ``ProcessPoolExecutor``, Celery hand exceptions across processes as pickles), although
+    most take keyword-only arguments, which :class:`BaseException`'s default reduction cannot
+    pass back to ``__init__``.
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # BaseException reduces to (cls, args, state) and unpickling calls cls(*args); rebuild
+        # without __init__ instead, then restore the state (psycopg.Error's reduction puts its
+        # diagnostics there).
+        reduced = super().__reduce__()
+        state = reduced[2] if isinstance(reduced, tuple) and len(reduced) > 2 else None
+        return (_rebuild, (type(self), self.args, state))
+
+
+def _rebuild(cls: type[PgwardenError], args: tuple[Any, ...],
+             state: dict[str, Any] | None) -> PgwardenError:
+    exc = cls.__new__(cls, *args)
+    exc.args = args
+    if state:
+        exc.__setstate__(state)  # type: ignore[attr-defined]
+    return exc
 
 
 class ConfigError(PgwardenError, ValueError):

@@ -8,6 +8,7 @@ import asyncio
 import gc
 import logging
 import os
+import pickle
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -325,6 +326,11 @@ async def test_timeout_names_the_holders(kind: str, pg: EmbeddedPostgres) -> Non
         err = info.value
         assert isinstance(err, PoolCheckoutTimeout)
         assert err.in_use == 2 and len(err.holders) == 2
+        # it crosses a process boundary whole (ProcessPoolExecutor, Celery pickle exceptions)
+        copy = pickle.loads(pickle.dumps(err))
+        assert type(copy) is PoolCheckoutTimeout and str(copy) == msg
+        assert (copy.in_use, copy.pool_name, copy.holders[0].location) == (
+            2, "api", err.holders[0].location)
         for c in held:
             await p.putconn(c)
 
