@@ -67,6 +67,24 @@ def test_leaks_a_pgwarden_pool_connection():
     build_report()
 
 
+@pytest.fixture(scope="session")
+def shared_conn():
+    # set up during the first test that uses it, given back at the end of the session
+    with psycopg_pool.ConnectionPool(DSN, min_size=0, max_size=1, name="shared") as p:
+        pgwarden.instrument(p)
+        conn = p.getconn()
+        yield conn
+        p.putconn(conn)
+
+
+def test_first_user_of_a_session_fixture(shared_conn):
+    shared_conn.execute("select 1")
+
+
+def test_second_user_of_a_session_fixture(shared_conn):
+    shared_conn.execute("select 1")
+
+
 def test_last():
     pass  # the module's teardown runs in this test's teardown: after the leaks were checked
 
@@ -96,7 +114,7 @@ def leaky(pytester: pytest.Pytester, pg: EmbeddedPostgres) -> pytest.Pytester:
 def test_flag_fails_the_leaking_tests_naming_pool_location_and_holder(
         leaky: pytest.Pytester) -> None:
     result = leaky.runpytest("--pgwarden-leaks", *OPTIONS)
-    result.assert_outcomes(passed=6, errors=3)  # 6 tests: 3 of them leak
+    result.assert_outcomes(passed=8, errors=3)  # 8 tests: 3 of them leak
     out = result.stdout.str()
     result.stdout.fnmatch_lines([
         "*ERROR at teardown of test_leaks_a_sqlalchemy_connection*",
@@ -113,9 +131,10 @@ def test_flag_fails_the_leaking_tests_naming_pool_location_and_holder(
     assert "pluggy/" not in out and "_pytest/" not in out  # the stack shown is the test's
     assert "test_returns_everything" not in out.split("short test summary")[1]
     assert "test_a_fixture_returns_it_at_teardown" not in out.split("short test summary")[1]
+    assert "session_fixture" not in out.split("short test summary")[1]  # not the test's leak
 
 
 def test_without_the_flag_only_marked_tests_are_checked(leaky: pytest.Pytester) -> None:
     result = leaky.runpytest(*OPTIONS)
-    result.assert_outcomes(passed=6, errors=1)  # a teardown error is counted besides the pass
+    result.assert_outcomes(passed=8, errors=1)  # a teardown error is counted besides the pass
     result.stdout.fnmatch_lines(["*ERROR at teardown of test_marked_leaks_psycopg_pool*"])

@@ -9,8 +9,10 @@ Leak check (opt-in): with ``pytest --pgwarden-leaks``, or for the tests marked
 ``@pytest.mark.pgwarden_no_leaks``, a test that ends (after its fixtures' teardown) with a
 connection still checked out of a pgwarden pool or of a pool :func:`pgwarden.instrument`
 instruments fails at teardown, naming the pool, the checkout's file:line and function, the
-thread or task, and the backend pid. Only checkouts made during the test count: a connection a
-session-scoped fixture checked out earlier is not the test's leak. (SQLAlchemy's own test suite
+thread or task, and the backend pid. Only checkouts made during the test count, and not those
+made while a fixture of a wider scope (class, module, package, session) was set up, even when
+that happened during the test's own setup: a connection a session-scoped fixture holds is not
+the leak of the test that first used it. (SQLAlchemy's own test suite
 checks its pools the same way after each test.)
 """
 
@@ -19,7 +21,7 @@ from __future__ import annotations
 import os
 import time
 import traceback
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -31,6 +33,8 @@ MARKER = "pgwarden_no_leaks"
 #: frames of the test runner itself, left out of the stack shown
 _RUNNER_FILES = (f"{os.sep}_pytest{os.sep}", f"{os.sep}pluggy{os.sep}")
 _STARTED = pytest.StashKey[float]()
+#: (start, end) monotonic seconds of each wider-scoped fixture's setup
+_WIDER_SETUPS = pytest.StashKey[list[tuple[float, float]]]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -51,14 +55,16 @@ def _checked(item: pytest.Item) -> bool:
         item.get_closest_marker(MARKER) is not None
 
 
-def leaked_since(started: float) -> list[Holder]:
+def leaked_since(started: float, excused: Sequence[tuple[float, float]] = ()) -> list[Holder]:
     """Connections checked out at or after ``started`` (monotonic seconds) and still out, of
-    every live tracker (:func:`pgwarden.observe.trackers`), longest held first."""
+    every live tracker (:func:`pgwarden.observe.trackers`), longest held first; checkouts made
+    within one of the ``excused`` ``(start, end)`` intervals are left out."""
     now, wall = time.monotonic(), time.time()
     found: list[Holder] = []
     for tracker in trackers():
         for rec in list(tracker.records):
-            if rec.out and rec.out_at >= started:
+            if rec.out and rec.out_at >= started and not any(
+                    start <= rec.out_at <= end for start, end in excused):
                 holder = tracker.holder_of(rec, now, wall)
                 if holder is not None:
                     found.append(holder)
@@ -86,12 +92,24 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 @pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any],
+                         request: pytest.FixtureRequest) -> Generator[None, Any, Any]:
+    if fixturedef.scope == "function":
+        return (yield)
+    start = time.monotonic()
+    try:
+        return (yield)
+    finally:
+        request.config.stash.setdefault(_WIDER_SETUPS, []).append((start, time.monotonic()))
+
+
+@pytest.hookimpl(wrapper=True)
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[
         None, Any, Any]:
     result = yield  # the fixtures are torn down: what is still out is the test's leak
     started = item.stash.get(_STARTED, None)
     if started is not None:
-        holders = leaked_since(started)
+        holders = leaked_since(started, item.config.stash.get(_WIDER_SETUPS, []))
         if holders:
             pytest.fail(describe_leaks(item.nodeid, holders), pytrace=False)
     return result
