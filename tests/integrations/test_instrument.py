@@ -30,6 +30,37 @@ def test_an_unknown_target_is_a_type_error() -> None:
         pgwarden.instrument({})
 
 
+def test_pgwardens_own_pool_is_told_it_is_tracked_already(pg: EmbeddedPostgres) -> None:
+    with pgwarden.ConnectionPool(pg.dsn, min_size=0, max_size=1) as pool, pytest.raises(
+            TypeError, match=r"pgwarden's own ConnectionPool records its holders already"):
+        pgwarden.instrument(pool)
+
+
+def test_psycopg2s_abstract_pool_is_a_type_error(pg: EmbeddedPostgres) -> None:
+    import psycopg2.pool
+
+    pool = psycopg2.pool.AbstractConnectionPool(0, 1, pg.dsn)
+    with pytest.raises(TypeError, match=r"AbstractConnectionPool has no getconn\(\)"):
+        pgwarden.instrument(pool)
+    pool._closeall()
+
+
+@pytest.mark.parametrize(("skip", "message"), [
+    ("django", r"skip_modules must be a tuple of package names"),
+    (("no_such_package_here",), r"skip_modules: there is no package 'no_such_package_here'"),
+    ((42,), r"skip_modules must be a tuple of package names"),
+])
+def test_skip_modules_is_validated_before_anything_is_done(
+        pg: EmbeddedPostgres, skip: Any, message: str) -> None:
+    import psycopg2.pool
+
+    pool = psycopg2.pool.SimpleConnectionPool(0, 1, pg.dsn)
+    with pytest.raises(ValueError, match=message):
+        pgwarden.instrument(pool, skip_modules=skip)
+    assert "getconn" not in vars(pool)  # nothing was half done
+    pool.closeall()
+
+
 def test_leak_threshold_is_validated(pg: EmbeddedPostgres) -> None:
     import psycopg2.pool
 

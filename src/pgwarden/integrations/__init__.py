@@ -46,6 +46,20 @@ def _adapter_for(target: Any) -> Any:
     return None
 
 
+def _import_skip_modules(names: Any) -> list[Any]:
+    if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+        raise ValueError("skip_modules must be a tuple of package names, e.g. "
+                         f"skip_modules=(\"django\",), got {names!r}")
+    modules = []
+    for name in names:
+        try:
+            modules.append(importlib.import_module(name))
+        except ImportError:
+            raise ValueError(f"skip_modules: there is no package {name!r} to skip (it must be "
+                             "importable, e.g. \"django\")") from None
+    return modules
+
+
 def instrumentation_of(target: Any) -> Instrumentation | None:
     """The active instrumentation of ``target``, or ``None``."""
     adapter = _adapter_for(target)
@@ -86,28 +100,36 @@ def instrument(target: Any, *, name: str | None = None, leak_threshold: float | 
 
     Raises:
         TypeError: ``target`` is none of the above (the message lists what is supported).
+        TypeError: ``target`` is one of pgwarden's own pools (they are tracked already).
         ValueError: ``leak_threshold`` is not a positive number or ``None``; ``stack_depth``
-            is not a positive integer; ``pgbouncer`` is none of the above.
+            is not a positive integer; ``pgbouncer`` is none of the above; ``skip_modules``
+            is not a tuple of importable package names.
     """
     adapter = _adapter_for(target)
+    if adapter is None and type(target).__module__.startswith("pgwarden."):
+        raise TypeError(
+            f"pgwarden.instrument() is for other libraries' pools: pgwarden's own "
+            f"{type(target).__qualname__} records its holders already (pool.holders(), "
+            "pool.stats(), pgwarden.observe.trackers())")
     if adapter is None:
         raise TypeError(
             f"pgwarden.instrument() does not know {type(target).__module__}."
             f"{type(target).__qualname__}: it instruments SQLAlchemy engines and pools, "
             "psycopg_pool ConnectionPool / AsyncConnectionPool, asyncpg Pool and psycopg2 "
             "SimpleConnectionPool / ThreadedConnectionPool")
-    for module in skip_modules:
-        from ._base import skip_library
-
-        skip_library(importlib.import_module(module))
     if stack_depth is not None and (isinstance(stack_depth, bool) or not isinstance(
             stack_depth, int) or stack_depth < 1):
         raise ValueError(f"stack_depth must be a positive number of frames, got {stack_depth!r}")
     from ..pgbouncer.detect import coerce
 
     told = coerce(pgbouncer)
+    skipped = _import_skip_modules(skip_modules)
     handle: Instrumentation = adapter.instrument(target, name=name,
                                                  leak_threshold=leak_threshold, reclaim=reclaim)
+    from ._base import skip_library
+
+    for module in skipped:  # global: only once every argument was accepted
+        skip_library(module)
     if stack_depth is not None:
         handle.stack_depth = stack_depth
     handle._tell_pooler(told)

@@ -228,6 +228,10 @@ def instrument(pool: Any, *, name: str | None = None, leak_threshold: float | No
     if not isinstance(pool, AbstractConnectionPool):
         raise TypeError(f"pgwarden.instrument(): {type(pool).__qualname__} is not a psycopg2 "
                         "connection pool")
+    if not all(callable(getattr(pool, attr, None)) for attr in ("getconn", "putconn")):
+        raise TypeError(f"pgwarden.instrument(): {type(pool).__qualname__} has no getconn() / "
+                        "putconn(); instrument a SimpleConnectionPool or ThreadedConnectionPool "
+                        "(or a subclass of AbstractConnectionPool that defines them)")
     existing = instrumentation_of(pool)
     if existing is not None:
         return existing
