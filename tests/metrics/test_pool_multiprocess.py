@@ -134,3 +134,25 @@ def test_publisher_says_what_multiprocess_mode_needs(monkeypatch: pytest.MonkeyP
         publish_pool_metrics()
     with pytest.raises(ConfigError, match="interval"):
         publish_pool_metrics(interval=0)
+
+
+def test_an_endpoint_that_cannot_listen_starts_no_publisher(tmp_path: Path) -> None:
+    code = """
+import socket, threading
+from pgwarden.errors import ListenError
+from pgwarden.metrics import serve_pool_metrics
+taken = socket.socket()
+taken.bind(("127.0.0.1", 0))
+taken.listen()
+try:
+    serve_pool_metrics(taken.getsockname()[1])
+except ListenError as e:
+    print("ListenError", e)
+print("threads", sorted(t.name for t in threading.enumerate() if t.name.startswith("pgwarden")))
+"""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=60)
+    assert "ListenError" in out.stdout and "port is in use" in out.stdout, out.stderr
+    assert "threads []" in out.stdout
+    assert not list(tmp_path.iterdir())  # and nothing published

@@ -369,24 +369,31 @@ def serve_pool_metrics(port: int, *, addr: str = "127.0.0.1",
         ConfigError: a bad port or ``max_pools``.
         ListenError: the address cannot be bound (port in use, no such address).
     """
-    if multiprocess_dir() is not None:
-        from prometheus_client.multiprocess import MultiProcessCollector
+    PoolNames(max_pools)  # ConfigError before anything is bound
+    multiprocess = multiprocess_dir() is not None
+    if registry is None:
+        registry = CollectorRegistry()
+        if multiprocess:
+            from prometheus_client.multiprocess import MultiProcessCollector
 
-        from .multiprocess import publish_pool_metrics
-
-        publish_pool_metrics(max_pools=max_pools)
-        if registry is None:
-            registry = CollectorRegistry()
             MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    else:
-        if registry is None:
-            registry = CollectorRegistry()
-        register_pool_metrics(registry, max_pools=max_pools)
     routes: dict[str, WsgiApp] = {"/metrics": make_wsgi_app(registry)}
     if holders:
         from .endpoint import json_app
 
         routes[HOLDERS_PATH] = json_app(holders_document)
-    return Endpoint(routes, port=port, addr=addr,
-                    what="pool metrics and holders" if holders else "pool metrics")
+    # bound first: an address that cannot be bound leaves no collector or publisher behind
+    endpoint = Endpoint(routes, port=port, addr=addr,
+                        what="pool metrics and holders" if holders else "pool metrics")
+    try:
+        if multiprocess:
+            from .multiprocess import publish_pool_metrics
+
+            publish_pool_metrics(max_pools=max_pools)
+        else:
+            register_pool_metrics(registry, max_pools=max_pools)
+    except BaseException:
+        endpoint.close()
+        raise
+    return endpoint
 
