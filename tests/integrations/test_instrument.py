@@ -131,3 +131,47 @@ def test_library_frames_are_passed_over_before_counting(pg: EmbeddedPostgres) ->
                 "test_library_frames_are_passed_over_before_counting"]
         handle.remove()
 
+
+
+def test_a_closed_pool_is_no_longer_listed(pg: EmbeddedPostgres) -> None:
+    """Its metrics series and its entry in /holders disappear with it (docs/exporter.md)."""
+    import asyncio
+
+    import asyncpg
+    import psycopg2.pool
+    import psycopg_pool
+
+    from pgwarden.observe import trackers
+
+    p2 = psycopg2.pool.ThreadedConnectionPool(0, 1, pg.dsn)
+    h2 = pgwarden.instrument(p2)
+    pp = psycopg_pool.ConnectionPool(pg.dsn, min_size=0, max_size=1, open=True)
+    hp = pgwarden.instrument(pp)
+    assert {h2.tracker, hp.tracker} <= set(trackers())
+    p2.closeall()
+    pp.close()
+    assert h2.tracker not in trackers() and hp.tracker not in trackers()
+
+    async def with_asyncpg() -> None:
+        pool = await asyncpg.create_pool(pg.url, min_size=0, max_size=1)
+        handle = pgwarden.instrument(pool)
+        assert handle.tracker in trackers()
+        await pool.close()
+        assert handle.tracker not in trackers()
+
+    asyncio.run(with_asyncpg())
+
+
+def test_a_pool_without_sizes_is_counted_quietly(pg: EmbeddedPostgres,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(pg.url.replace("postgresql://", "postgresql+psycopg://"),
+                              poolclass=sa.NullPool)
+    handle = pgwarden.instrument(engine)
+    caplog.set_level("DEBUG", logger="pgwarden")
+    with engine.connect():
+        assert handle.tracker.sizes().in_use == 1 and len(handle.holders()) == 1
+    assert not [r for r in caplog.records if r.exc_info]  # no traceback logged per read
+    handle.remove()
+    engine.dispose()

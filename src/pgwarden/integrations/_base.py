@@ -239,7 +239,7 @@ class Instrumentation:
     stack_depth: int = STACK_DEPTH
 
     def __init__(self, target: Any, *, name: str, leak_threshold: float | None,
-                 sizes: Callable[[], Sizes] | None, reclaim: bool = True) -> None:
+                 sizes: Callable[[], Sizes | None] | None, reclaim: bool = True) -> None:
         self.target = target
         self.lock = threading.RLock()
         self.removed = False
@@ -250,7 +250,12 @@ class Instrumentation:
         #: lock, no logging at collection time)
         self._gone: collections.deque[TrackedConnection] = collections.deque()
         self.tracker = Tracker(name, library=self.library, leak_threshold=leak_threshold,
-                               sizes=sizes, state_of=self._state_of, register=False)
+                               sizes=sizes, state_of=self._state_of, register=False,
+                               closed=self._closed)
+
+    def _closed(self) -> bool:
+        """Whether the library says the pool is closed (never blocks)."""
+        return False
 
     def _start(self) -> None:
         """Make it visible: list the tracker, start the leak scans."""

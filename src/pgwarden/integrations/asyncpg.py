@@ -95,6 +95,9 @@ class AsyncpgInstrumentation(Instrumentation):
 
     # -- connections ---------------------------------------------------------------------
 
+    def _closed(self) -> bool:
+        return bool(self.pool.is_closing())
+
     def _record(self, con: Any, elapsed: float | None) -> TrackedConnection:
         rec = TrackedConnection(con.get_server_pid(), weakref.ref(con))
         self._recs[id(con)] = rec

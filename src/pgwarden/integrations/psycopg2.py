@@ -79,6 +79,9 @@ class Psycopg2Instrumentation(Instrumentation):
         return Sizes(open=idle + used, idle=idle, in_use=used, min_size=pool.minconn,
                      max_size=pool.maxconn)
 
+    def _closed(self) -> bool:
+        return bool(self.pool.closed)
+
     def _record(self, conn: Any, elapsed: float | None) -> TrackedConnection:
         rec = TrackedConnection(backend_pid(conn), weakref.ref(conn))
         self._recs[id(conn)] = rec

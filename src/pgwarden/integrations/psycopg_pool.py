@@ -91,6 +91,9 @@ class PsycopgPoolInstrumentation(Instrumentation):
         return Sizes(open=size, idle=idle, in_use=max(0, size - idle),
                      min_size=self.pool.min_size, max_size=self.pool.max_size)
 
+    def _closed(self) -> bool:
+        return bool(self.pool.closed)
+
     def _record(self, conn: Any, elapsed: float | None) -> TrackedConnection:
         """Track a connection (``elapsed``: seconds it took to open; ``None``: it was open
         before the pool was instrumented)."""

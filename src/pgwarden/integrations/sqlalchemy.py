@@ -130,10 +130,10 @@ class SQLAlchemyInstrumentation(Instrumentation):
         """The pool now (an engine's ``dispose()`` replaces it)."""
         return self.engine.pool if self.engine is not None else self._pool
 
-    def _sizes(self) -> Sizes:
+    def _sizes(self) -> Sizes | None:
         pool = self.pool
         if not isinstance(pool, QueuePool):
-            raise TypeError("no sizes")  # the tracker counts its own records
+            return None  # NullPool, StaticPool...: the tracker counts its own records
         idle, out = pool.checkedin(), pool.checkedout()
         max_overflow = int(getattr(pool, "_max_overflow", -1))
         return Sizes(open=idle + out, idle=idle, in_use=out, min_size=None,

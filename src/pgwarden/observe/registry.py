@@ -2,7 +2,8 @@
 
 The pool metrics collector, the holders endpoint and the pytest plugin find the pools here:
 pgwarden's own pools and every pool :func:`pgwarden.instrument` instruments register on
-creation and disappear when they are garbage-collected or closed.
+creation and disappear when they are garbage-collected or closed (pgwarden's pools unregister
+on ``close()``; an instrumented pool is left out once its library says it is closed).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def unregister(tracker: Tracker) -> None:
 
 
 def trackers() -> list[Tracker]:
-    """The live trackers, by name."""
+    """The live trackers of pools that are not closed, by name."""
     with _lock:
         found = list(_trackers)
-    return sorted(found, key=lambda t: (t.name, t.library))
+    return sorted((t for t in found if not t.pool_closed), key=lambda t: (t.name, t.library))

@@ -249,11 +249,14 @@ class Tracker:
         leak_threshold: seconds a checkout may be held before it is reported (``None``: no
             stacks captured, no leak warnings).
         sizes: returns the pool's :class:`Sizes` now (called by :meth:`stats` and
-            :meth:`explain`; must not block).
+            :meth:`explain`; must not block), or ``None`` for a pool that keeps none (the
+            tracker then counts its own records).
         state_of: returns the transaction state of a record's connection (called when holders
             are reported; must not do I/O).
         register: list it in :func:`pgwarden.observe.trackers` (metrics, the holders endpoint,
             the pytest plugin find it there).
+        closed: returns whether the pool was closed (then it is no longer listed there);
+            must not block.
 
     Raises:
         ValueError: ``leak_threshold`` is not a positive number or ``None``.
@@ -265,9 +268,10 @@ class Tracker:
         *,
         library: str = "pgwarden",
         leak_threshold: float | None = DEFAULT_LEAK_THRESHOLD,
-        sizes: Callable[[], Sizes] | None = None,
+        sizes: Callable[[], Sizes | None] | None = None,
         state_of: Callable[[TrackedConnection], str] | None = None,
         register: bool = True,
+        closed: Callable[[], bool] | None = None,
     ) -> None:
         if leak_threshold is not None and (
             isinstance(leak_threshold, bool) or not isinstance(leak_threshold, (int, float))
@@ -279,6 +283,7 @@ class Tracker:
         self.leak_threshold = None if leak_threshold is None else float(leak_threshold)
         self._sizes = sizes
         self._state_of = state_of
+        self._closed = closed
         #: held around every event and every read from another thread (pgwarden's pools
         #: replace it with their own lock)
         self.lock = threading.Lock()
@@ -473,15 +478,30 @@ class Tracker:
                 h.format_stack())
 
     def sizes(self) -> Sizes:
-        """The pool's sizes now (from the adapter), or what the tracker counts itself."""
+        """The pool's sizes now (from the adapter), or what the tracker counts itself (where
+        the adapter returns ``None``: a pool that keeps no sizes)."""
         if self._sizes is not None:
             try:
-                return self._sizes()
+                sizes = self._sizes()
             except Exception:
                 logger.debug("pool %r: reading its sizes failed", self.name, exc_info=True)
+            else:
+                if sizes is not None:
+                    return sizes
         in_use = sum(1 for r in self.records if r.out)
         return Sizes(open=len(self.records), idle=len(self.records) - in_use, in_use=in_use,
                      min_size=None, max_size=None)
+
+    @property
+    def pool_closed(self) -> bool:
+        """The pool says it is closed (then :func:`~pgwarden.observe.trackers` no longer lists
+        it: its metrics series and holders disappear)."""
+        if self._closed is None:
+            return False
+        try:
+            return bool(self._closed())
+        except Exception:
+            return False
 
     def explain(self, *, limit: int = 3) -> str:
         """The pool's state and its longest holders, for an exhaustion error::
