@@ -66,7 +66,7 @@ def _rebuild(cls: type[PgwardenError], args: tuple[Any, ...],
     exc = cls.__new__(cls, *args)
     exc.args = args
     if state:
-        exc.__setstate__(state)  # type: ignore[attr-defined]
+        exc.__setstate__(state)
     return exc
 
 

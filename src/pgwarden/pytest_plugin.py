@@ -109,7 +109,8 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
     result = yield  # the fixtures are torn down: what is still out is the test's leak
     started = item.stash.get(_STARTED, None)
     if started is not None:
-        holders = leaked_since(started, item.config.stash.get(_WIDER_SETUPS, []))
+        excused: list[tuple[float, float]] = item.config.stash.get(_WIDER_SETUPS, [])
+        holders = leaked_since(started, excused)
         if holders:
             pytest.fail(describe_leaks(item.nodeid, holders), pytrace=False)
     return result

@@ -327,7 +327,7 @@ async def test_timeout_names_the_holders(kind: str, pg: EmbeddedPostgres) -> Non
         assert isinstance(err, PoolCheckoutTimeout)
         assert err.in_use == 2 and len(err.holders) == 2
         # it crosses a process boundary whole (ProcessPoolExecutor, Celery pickle exceptions)
-        copy = pickle.loads(pickle.dumps(err))
+        copy = pickle.loads(pickle.dumps(err))  # noqa: S301  (our own bytes)
         assert type(copy) is PoolCheckoutTimeout and str(copy) == msg
         assert (copy.in_use, copy.pool_name, copy.holders[0].location) == (
             2, "api", err.holders[0].location)
