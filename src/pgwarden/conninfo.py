@@ -179,7 +179,8 @@ class Target:
         conninfo: the conninfo string to pass to psycopg (contains the password if any:
             never print it; print :attr:`redacted`).
         redacted: the same without the password, for messages and logs.
-        source: where it came from: ``"--dsn"``, ``"DATABASE_URL"`` or ``"libpq environment"``.
+        source: where it came from: the option (``"--dsn"``, ``"--pgbouncer"``),
+            ``"DATABASE_URL"`` or ``"libpq environment"``.
         host: the effective host (``None`` for libpq's default Unix socket).
         port: the effective port.
         dbname: the effective database name.
@@ -255,6 +256,7 @@ def resolve(
     command: str | None = None,
     connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
     environ: Mapping[str, str] | None = None,
+    option: str = "--dsn",
     **params: Any,
 ) -> Target:
     """Resolve where to connect: ``dsn`` > ``$DATABASE_URL`` > libpq's environment and defaults.
@@ -265,6 +267,7 @@ def resolve(
         connect_timeout: seconds (float, rounded up to whole seconds for libpq); applied when the
             DSN sets none. ``None`` leaves libpq's default (wait forever).
         environ: environment to read ``DATABASE_URL`` from (default ``os.environ``).
+        option: the option ``dsn`` was given with, named in messages (``--pgbouncer``).
         params: further conninfo parameters that override the DSN's.
 
     Returns:
@@ -277,7 +280,7 @@ def resolve(
 
     env = os.environ if environ is None else environ
     if dsn:
-        source, raw = "--dsn", dsn
+        source, raw = option, dsn
     elif env.get(ENV_DSN):
         source, raw = ENV_DSN, env[ENV_DSN]
     else:
@@ -338,15 +341,41 @@ def connect_error(target: Target, exc: BaseException) -> PgwardenError:
     )
 
 
-def connect(target: Target, *, autocommit: bool = True) -> psycopg.Connection[Any]:
+def is_pgbouncer_console(conn: psycopg.Connection[Any]) -> bool:
+    """Whether ``conn`` is connected to PgBouncer's admin console (database ``pgbouncer``):
+    the console reports ``server_version`` as ``<version>/bouncer`` at startup (PgBouncer's
+    admin.c), where PostgreSQL and databases behind PgBouncer report PostgreSQL's version."""
+    return (conn.info.parameter_status("server_version") or "").endswith("/bouncer")
+
+
+def connect(target: Target, *, autocommit: bool = True,
+            console: bool | None = False) -> psycopg.Connection[Any]:
     """Open pgwarden's own connection to ``target``.
+
+    Args:
+        console: what must be at the other end: ``False`` a PostgreSQL database (directly or
+            through a pooler), ``True`` PgBouncer's admin console, ``None`` either.
 
     Raises:
         ServerFullError: the server has no free slot for this role (SQLSTATE 53300).
         ConnectError: any other failure to connect (:func:`connect_error` says which).
-        ConfigError: libpq rejected a connection parameter's value.
+        ConfigError: libpq rejected a connection parameter's value; or the other end is not
+            what ``console`` asks for (a usage error naming the option to use).
     """
     try:
-        return psycopg.connect(target.conninfo, autocommit=autocommit)
+        conn = psycopg.connect(target.conninfo, autocommit=autocommit,
+                               **({} if console is False else {"prepare_threshold": None}))
     except psycopg.Error as exc:
         raise connect_error(target, exc) from None
+    if console is None or is_pgbouncer_console(conn) == console:
+        return conn
+    conn.close()
+    if console:
+        raise ConfigError(
+            f"{target.where} (from {target.source}) is not PgBouncer's admin console: give "
+            f"{target.source} PgBouncer's address with dbname=pgbouncer and a user listed in its "
+            "admin_users or stats_users")
+    raise ConfigError(
+        f"{target.where} (from {target.source}) is PgBouncer's admin console, not a PostgreSQL "
+        f"database: give it as --pgbouncer, and {target.source} a database (on the server or "
+        "through PgBouncer)")

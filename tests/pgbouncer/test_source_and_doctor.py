@@ -238,3 +238,38 @@ def test_unreachable_or_refused_admin_console(pg: EmbeddedPostgres,
                 b.conninfo(user="app", password=APP_PW, dbname="pgbouncer"))
     assert r.code == 3 and "not allowed" in r.err and APP_PW not in r.err
     assert len(r.err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    # a PostgreSQL database given where PgBouncer's admin console is expected
+    (("pgbouncer", "status", "--pgbouncer", "{pg}"), "is not PgBouncer's admin console"),
+    (("doctor", "--dsn", "{pg}", "--pgbouncer", "{pg}"), "is not PgBouncer's admin console"),
+    (("status", "--dsn", "{pg}", "--pgbouncer", "{db}"), "is not PgBouncer's admin console"),
+    (("exporter", "--once", "--pgbouncer", "{db}"), "is not PgBouncer's admin console"),
+    # the admin console given where a PostgreSQL database is expected
+    (("status", "--dsn", "{admin}"), "is PgBouncer's admin console, not a PostgreSQL"),
+    (("doctor", "--dsn", "{admin}"), "is PgBouncer's admin console, not a PostgreSQL"),
+    (("top", "--once", "--dsn", "{admin}"), "is PgBouncer's admin console, not a PostgreSQL"),
+    (("guard", "--once", "--dsn", "{admin}"), "is PgBouncer's admin console, not a PostgreSQL"),
+    (("exporter", "--once", "--dsn", "{admin}"), "is PgBouncer's admin console, not a PostgreSQL"),
+])
+def test_the_wrong_kind_of_target_is_a_usage_error(
+        pg: EmbeddedPostgres, make_bouncer: Callable[..., Any],
+        capsys: pytest.CaptureFixture[str], args: tuple[str, ...], says: str) -> None:
+    b = make_bouncer(pg)
+    given = {"pg": pg.url, "db": b.conninfo(), "admin": b.admin_url}
+    r = run_cli(capsys, *(a.format(**given) for a in args))
+    assert r.code == 64, r.err
+    [line] = r.err.strip().splitlines()
+    option = "--pgbouncer" if "not PgBouncer's" in says else "--dsn"
+    assert says in line and f"(from {option})" in line
+    assert pg.password not in line and b.admin_password not in line
+
+
+def test_a_pgbouncer_dsn_that_does_not_parse_is_blamed_on_pgbouncer(
+        pg: EmbeddedPostgres, capsys: pytest.CaptureFixture[str]) -> None:
+    r = run_cli(capsys, "doctor", "--dsn", pg.url, "--pgbouncer",
+                "postgresql://x@127.0.0.1:99999/pgbouncer")
+    assert r.code == 64 and "(from --pgbouncer)" in r.err and "port" in r.err
+    r = run_cli(capsys, "exporter", "--once", "--pgbouncer", "not a dsn")
+    assert r.code == 64 and "malformed DSN (from --pgbouncer)" in r.err

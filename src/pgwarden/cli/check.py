@@ -22,7 +22,7 @@ import click
 import psycopg
 from rich.markup import escape
 
-from ..conninfo import Target, connect
+from ..conninfo import Target, connect, is_pgbouncer_console
 from ..diagnose import by_id
 from ..errors import ConnectError
 from ..sources import postgres
@@ -203,12 +203,12 @@ def run_check(target: Target) -> list[Step]:
     if not tcp.ok:
         return steps
     try:
-        conn = connect(target)
+        conn = connect(target, console=None)
     except ConnectError as exc:
         return steps + _failed_at(exc)
     with conn:
         steps.append(Step("startup", True, f"PostgreSQL protocol {conn.pgconn.protocol_version}"))
-        if (conn.info.parameter_status("server_version") or "").endswith("/bouncer"):
+        if is_pgbouncer_console(conn):
             return steps + _admin_console_steps(conn)
         pgc = conn.pgconn
         if pgc.ssl_in_use:

@@ -85,7 +85,7 @@ def doctor(ctx: click.Context, dsn: str | None, connect_timeout: float, fmt: str
     bouncer = None
     if pgbouncer_dsn is not None:
         bouncer = resolve_target(pgbouncer_dsn, command="doctor",
-                                 connect_timeout=connect_timeout)
+                                 connect_timeout=connect_timeout, option="--pgbouncer")
     target = None
     if dsn is not None or bouncer is None:
         target = resolve_target(dsn, command="doctor", connect_timeout=connect_timeout)

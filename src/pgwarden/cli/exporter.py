@@ -71,7 +71,8 @@ def exporter(ctx: click.Context, /, dsns: tuple[str, ...], bouncers: tuple[str, 
     caps = Caps(applications=max_applications, users=max_users, databases=max_databases)
     targets = [resolve_target(d, command="exporter", connect_timeout=connect_timeout)
                for d in (dsns or (() if bouncers else (None,)))]
-    bouncer_targets = [resolve_target(d, command="exporter", connect_timeout=connect_timeout)
+    bouncer_targets = [resolve_target(d, command="exporter", connect_timeout=connect_timeout,
+                                      option="--pgbouncer")
                        for d in bouncers]
     # one collector per kind: a target label only where there are several of that kind, so
     # adding a PgBouncer does not change the PostgreSQL series
@@ -86,6 +87,8 @@ def exporter(ctx: click.Context, /, dsns: tuple[str, ...], bouncers: tuple[str, 
     for collector in collectors:
         registry.register(collector)
     scrapers = [s for c in collectors for s in c.scrapers]
+    for scraper in scrapers:
+        scraper.check_target()
     if once:
         try:
             text = prom.generate_latest(registry).decode()

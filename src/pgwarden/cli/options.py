@@ -35,14 +35,16 @@ _target: contextvars.ContextVar[Target | None] = contextvars.ContextVar(
 
 
 def resolve_target(dsn: str | None, *, command: str, connect_timeout: float | None,
-                   **params: Any) -> Target:
+                   option: str = "--dsn", **params: Any) -> Target:
     """:func:`pgwarden.conninfo.resolve` for a command (``application_name=pgwarden-<command>``)
-    whose server the error boundary may then name.
+    whose server the error boundary may then name; ``option`` is the option ``dsn`` came from
+    (``--pgbouncer``), named in every message about it.
 
     Raises:
         ConfigError: a malformed DSN or an invalid parameter value.
     """
-    target = resolve(dsn, command=command, connect_timeout=connect_timeout, **params)
+    target = resolve(dsn, command=command, connect_timeout=connect_timeout, option=option,
+                     **params)
     _target.set(target)
     return target
 

@@ -64,7 +64,8 @@ def run_status(dsn: str | None, pgbouncer_dsn: str | None, connect_timeout: floa
     if joined is not None:
         out["holders"] = joined.as_dict()
     if pgbouncer_dsn is not None:
-        bt = resolve_target(pgbouncer_dsn, command="status", connect_timeout=connect_timeout)
+        bt = resolve_target(pgbouncer_dsn, command="status", connect_timeout=connect_timeout,
+                            option="--pgbouncer")
         with bouncer_source.connect(bt) as conn:
             b = bouncer_source.take(conn)
         out["pgbouncer"] = {"target": bt.where, **bouncer_summary(b, snap)}

@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -297,7 +298,7 @@ class TargetScraper:
             up = self._specs[0]
             try:
                 body = self._body()
-            except (ConnectError, psycopg.Error) as exc:
+            except (ConnectError, ConfigError, psycopg.Error) as exc:
                 self.errors += 1
                 self._down(exc)
                 self._samples = [Sample(up, (), 0.0), *self._counters()]
@@ -327,6 +328,21 @@ class TargetScraper:
 
     def _open(self) -> psycopg.Connection[Any]:
         return connect(self.target)
+
+    def check_target(self) -> None:
+        """Connect once, before serving: a target of the wrong kind (PgBouncer's admin console
+        given as a PostgreSQL target, or the reverse) is a usage error at once; a target that
+        is down or full is left to the scrapes (``up 0``). The connection is kept for the
+        first scrape.
+
+        Raises:
+            ConfigError: the target is of the wrong kind.
+        """
+        with self._lock:
+            if self._conn is not None:
+                return
+            with contextlib.suppress(ConnectError, psycopg.Error):
+                self._conn = self._open()
 
     def _take(self, conn: psycopg.Connection[Any]) -> Any:
         return postgres.take_summary(conn, self._notable, query_chars=0)
@@ -360,6 +376,8 @@ class TargetScraper:
             d = by_id(exc.diagnosis_id)
             meaning = f" ({d.title})" if d is not None else ""
             problem = f"cannot connect: {exc.server_said or exc}{meaning}"
+        elif isinstance(exc, ConfigError):
+            problem = str(exc)
         else:
             failure = classify(exc)
             meaning = f" ({failure.title})" if failure.title else ""

@@ -28,7 +28,8 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg.rows import RowMaker, dict_row
 
-from ...conninfo import Target, connect_error
+from ...conninfo import Target
+from ...conninfo import connect as conninfo_connect
 from ...pgbouncer.version import parse_version
 from .records import ADMIN_DATABASE, BouncerSnapshot, Connection, Database, Pool, Stats
 
@@ -150,12 +151,10 @@ def connect(target: Target) -> psycopg.Connection[Any]:
         ConnectError: it could not connect (classified by :func:`pgwarden.diagnose.classify`:
             refused, unknown user, "not allowed" for a user in neither ``admin_users`` nor
             ``stats_users``, ...).
-        ConfigError: a connection parameter is invalid.
+        ConfigError: a connection parameter is invalid; or ``target`` is not an admin console
+            (a PostgreSQL server, a database behind PgBouncer).
     """
-    try:
-        return psycopg.connect(target.conninfo, autocommit=True, prepare_threshold=None)
-    except psycopg.Error as exc:
-        raise connect_error(target, exc) from None
+    return conninfo_connect(target, console=True)
 
 
 def read_version(conn: psycopg.Connection[Any]) -> str:
