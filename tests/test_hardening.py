@@ -203,6 +203,18 @@ def test_9_fixes_stay_on_one_line_when_stdout_is_a_pipe(pg: EmbeddedPostgres, se
     assert len(fix) > 120  # one line, not hard-wrapped at 80 columns
 
 
+def test_9_tables_are_neither_wrapped_nor_cut_when_stdout_is_a_pipe() -> None:
+    budget = Path(__file__).parent / "budget" / "supabase.toml"
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    r = subprocess.run([sys.executable, "-m", "pgwarden", "budget", str(budget)],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 2, r.stderr
+    worker = next(line for line in r.stdout.splitlines() if line.startswith("worker"))
+    assert "sqlalchemy pool_size=10 max_overflow=20, asyncpg min_size=5 max_size=20" in worker
+    assert "sqlalchemy pool_size=9 max_overflow=19; asyncpg min_size=5 max_size=19" in worker
+    assert "…" not in r.stdout
+
+
 # -- 10. broken pipes -------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("args", "code"), [(["status"], 0), (["explain", "53300"], 0),

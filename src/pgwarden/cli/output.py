@@ -1,7 +1,8 @@
 """Where commands write: one console factory and one way to print a report.
 
-- Off a terminal (a pipe, a file, CI logs) text is never wrapped: a fix such as
-  ``SELECT pg_terminate_backend(pid)`` stays on one line. On a terminal, rich wraps at its width.
+- Off a terminal (a pipe, a file, CI logs) text is never wrapped and table cells are never cut:
+  a fix such as ``SELECT pg_terminate_backend(pid)`` stays on one line. On a terminal, rich
+  wraps at its width.
 - Colours follow rich: none off a terminal, none with ``NO_COLOR`` set.
 - A reader that goes away (``pgwarden status | head -1``) ends the output quietly; the command
   still exits with its own code (:func:`report`).
@@ -30,11 +31,19 @@ class _Console(Console):
         discard_stdout()
 
 
+#: Columns of a console that is not a terminal (and ``COLUMNS`` unset): wide enough that no
+#: table cell is wrapped or cut (rich lays tables out to the console's width, 80 off a terminal).
+PIPE_WIDTH = 10_000
+
+
 def console() -> Console:
-    """A rich console on stdout: no highlighting, no wrapping when stdout is not a terminal."""
+    """A rich console on stdout: no highlighting; when stdout is not a terminal, no wrapping of
+    text and no table laid out narrower than its content (``COLUMNS`` chooses a width)."""
     out = _Console(highlight=False)
     if not out.is_terminal:
         out.soft_wrap = True
+        if "COLUMNS" not in os.environ:
+            out.width = PIPE_WIDTH
     return out
 
 

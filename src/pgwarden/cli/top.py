@@ -7,7 +7,6 @@ not a terminal, it prints one frame and exits (colours off off a terminal and wi
 
 from __future__ import annotations
 
-import os
 import sys
 
 import click
@@ -67,8 +66,6 @@ def top(dsn: str | None, connect_timeout: float, once: bool, interval: float, so
             source.take()
             frame = source.frame(view)
             out = console()
-            if not out.is_terminal and "COLUMNS" not in os.environ:
-                out.width = 220  # a pipe: room for every column (COLUMNS=... to choose)
             with report():
                 out.print(render_frame(frame))
             return
