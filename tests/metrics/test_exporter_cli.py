@@ -34,6 +34,10 @@ pytestmark = pytest.mark.timeout(180)
     (["--listen", "bogus"], 64, "--listen: 'bogus': expected HOST:PORT"),
     (["--listen", "127.0.0.1:99999"], 64, "port from 0 to 65535"),
     (["--listen", "::1:9187"], 64, "IPv6 address in brackets"),
+    (["--listen", "http://127.0.0.1:9187"], 64, "expected HOST:PORT without a scheme"),
+    (["--listen", "127.0.0.1:9187:1"], 64, "expected HOST:PORT, for example 127.0.0.1:9187"),
+    (["--listen", ":9187"], 64, "give the host too, for example 127.0.0.1:9187"),
+    (["--listen", "256.1.1.1:9187"], 64, "256.1.1.1 is not an IPv4 address"),
     (["--dsn", "postgresql://u:s3cret@h:99999/db"], 64, "invalid connection parameter"),
     (["--dsn", "not a dsn = = ="], 64, "malformed DSN"),
     (["--max-applications", "0"], 64, "--max-applications"),
@@ -55,7 +59,8 @@ def test_port_in_use_is_exit_74(mpg: EmbeddedPostgres) -> None:
         res = pgwarden("exporter", "--dsn", mon_dsn(mpg), "--listen", f"127.0.0.1:{port}")
     assert res.returncode == 74
     assert res.stderr.strip() == (f"pgwarden: error: cannot listen on 127.0.0.1:{port}: "
-                                  "the port is in use")
+                                  "the port is in use (another process listens there: choose "
+                                  "another port, or 0 for any free one)")
     assert MON_PASSWORD not in res.stderr
 
 

@@ -244,3 +244,10 @@ def test_a_real_prometheus_scrapes_the_pool_metrics(pg: EmbeddedPostgres, tmp_pa
             assert float(quantile["value"][1]) <= 0.0001  # both served at once
         for conn in held:
             pool.putconn(conn)
+
+
+def test_loopback_is_recognised_in_every_form_the_socket_binds() -> None:
+    from pgwarden.metrics.listen import is_loopback
+
+    assert all(is_loopback(h) for h in ("127.0.0.1", "127.1", "localhost", "::1", "127.0.0.2"))
+    assert not any(is_loopback(h) for h in ("0.0.0.0", "10.1", "::", "example.com"))

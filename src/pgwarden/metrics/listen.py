@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
+import socket
 
 from ..errors import ConfigError, ListenError
 
@@ -31,23 +32,48 @@ def parse_listen(text: str, *, option: str = "--listen") -> tuple[str, int]:
     ``(host, port)``; port 0 picks a free one.
 
     Raises:
-        ConfigError: malformed, or a port outside 0..65535.
+        ConfigError: malformed (a scheme, no host, an IPv6 address without brackets, an IPv4
+            address out of range), or a port outside 0..65535.
     """
     raw = text.strip()
+    example = "for example 127.0.0.1:9187 (loopback) or 0.0.0.0:9187 (every interface)"
+    if "://" in raw or "/" in raw:
+        raise ConfigError(f"{option}: {text!r}: expected HOST:PORT without a scheme or path, "
+                          f"{example}")
     host, sep, port_text = raw.rpartition(":")
     if not sep:
         host, port_text = DEFAULT_LISTEN_HOST, raw
     elif host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     elif ":" in host:
-        raise ConfigError(f"{option}: {text!r}: write an IPv6 address in brackets, like "
-                          "[::1]:9187")
+        if _is_ip(host):
+            raise ConfigError(f"{option}: {text!r}: write an IPv6 address in brackets, like "
+                              "[::1]:9187")
+        raise ConfigError(f"{option}: {text!r}: expected HOST:PORT, {example}")
     if not host:
-        raise ConfigError(f"{option}: {text!r}: expected HOST:PORT, like 127.0.0.1:9187")
+        raise ConfigError(f"{option}: {text!r}: give the host too, {example}")
+    if host.replace(".", "").isdigit() and not _is_ip(host) and not _ipv4_shorthand(host):
+        raise ConfigError(f"{option}: {text!r}: {host} is not an IPv4 address; {example}")
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ConfigError(f"{option}: {text!r}: expected HOST:PORT with a port from 0 to "
-                          "65535, like 127.0.0.1:9187")
+                          f"65535 (0: any free port), {example}")
     return host, int(port_text)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _ipv4_shorthand(host: str) -> ipaddress.IPv4Address | None:
+    """``127.1`` and the other forms ``inet_aton`` accepts (and the socket binds to)."""
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except (OSError, ValueError):
+        return None
 
 
 def check_port(port: object, *, what: str = "port") -> int:
@@ -69,7 +95,8 @@ def is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
-        return False
+        shorthand = _ipv4_shorthand(host)
+        return shorthand is not None and shorthand.is_loopback
 
 
 def hostport(host: str, port: int) -> str:
@@ -81,10 +108,18 @@ def listen_error(exc: BaseException, host: str, port: int) -> ListenError:
     """The :class:`ListenError` for a failed bind: one line saying why (port in use, no such
     address, privileged port, a host name that does not resolve)."""
     where = hostport(host, port)
-    if isinstance(exc, OSError):
-        what = {errno.EADDRINUSE: "the port is in use",
-                errno.EADDRNOTAVAIL: "no such address on this host",
-                errno.EACCES: "permission denied (ports below 1024 need privileges)"}.get(
+    if isinstance(exc, socket.gaierror):
+        what = ("the host name does not resolve: give an address of this host, like "
+                "127.0.0.1")
+    elif isinstance(exc, OSError):
+        what = {errno.EADDRINUSE: "the port is in use (another process listens there: choose "
+                                  "another port, or 0 for any free one)",
+                errno.EADDRNOTAVAIL: "no such address on this host (give one of its addresses, "
+                                     "like 127.0.0.1)",
+                errno.EACCES: "permission denied (ports below 1024 need privileges: choose a "
+                              "port from 1024)",
+                errno.EINVAL: "not an address this host can listen on (a link-local IPv6 "
+                              "address needs its interface, like [fe80::1%eth0])"}.get(
                     exc.errno or 0, exc.strerror or str(exc))
     else:
         what = str(exc)
