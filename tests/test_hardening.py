@@ -322,6 +322,26 @@ def test_11_when_even_the_reserve_is_full_the_fix_does_not_say_connect_as_superu
             c.close()
 
 
+@pytest.mark.parametrize("command", [["status"], ["top", "--once"], ["budget", "--sample", "0.1"],
+                                     ["guard", "--once"]])
+def test_a_full_server_says_what_to_do_in_every_command(
+        make_cluster: Callable[..., EmbeddedPostgres], capsys: pytest.CaptureFixture[str],
+        command: list[str]) -> None:
+    cluster = make_cluster(max_connections=5, superuser_reserved_connections=2)
+    cluster.execute("create role app login password 'app-pw'")
+    app = cluster.conninfo(user="app", password="app-pw")
+    conns = [psycopg.connect(app) for _ in range(3)]  # every slot an ordinary role may use
+    try:
+        r = run_cli(capsys, *command, "--dsn", app)
+        assert r.code == 3
+        [line] = r.err.strip().splitlines()
+        assert "remaining connection slots are reserved" in line
+        assert "run `pgwarden doctor` as a superuser" in line and "app-pw" not in line
+    finally:
+        for c in conns:
+            c.close()
+
+
 def test_11_bare_pgwarden_prints_the_help_and_exits_0(capsys: pytest.CaptureFixture[str]
                                                       ) -> None:
     r = run_cli(capsys)

@@ -318,7 +318,8 @@ def connect_error(target: Target, exc: BaseException) -> PgwardenError:
     Returns:
         :class:`ConfigError` when the connection parameters are invalid (a usage error),
         :class:`ServerFullError` when the server has no slot, else :class:`ConnectError`; the
-        message says where (no password), what the server or libpq said and what it means.
+        message says where (no password), what the server or libpq said, what it means and
+        the first thing to do (the diagnosis's first fix).
     """
     from .diagnose import classify
     from .errors import ConnectError, ServerFullError
@@ -330,9 +331,11 @@ def connect_error(target: Target, exc: BaseException) -> PgwardenError:
             "values are in libpq's documentation (libpq-connect.html#LIBPQ-PARAMKEYWORDS)"
         )
     meaning = f" ({failure.title})" if failure.title else ""
+    fixes = failure.diagnosis.fixes if failure.diagnosis is not None else ()
+    todo = f"; {fixes[0]}" if fixes else ""
     cls = ServerFullError if failure.kind == "server_full" else ConnectError
     return cls(
-        f"cannot connect to {target.where}: {failure.said}{meaning}",
+        f"cannot connect to {target.where}: {failure.said}{meaning}{todo}",
         target=target.redacted,
         server_said=failure.said,
         diagnosis_id=failure.diagnosis.id if failure.diagnosis is not None else None,
