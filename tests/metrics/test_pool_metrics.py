@@ -201,6 +201,9 @@ def test_http_helper_bad_port_and_port_in_use() -> None:
         serve_pool_metrics(70000)
     with serve_pool_metrics(0) as taken, pytest.raises(ListenError, match="port is in use"):
         serve_pool_metrics(taken.port)
+    for addr in ("", "  ", None):
+        with pytest.raises(ConfigError, match="addr must be an address of this host"):
+            serve_pool_metrics(0, addr=addr)  # type: ignore[arg-type]
 
 
 def test_pgwarden_imports_without_prometheus_client() -> None:

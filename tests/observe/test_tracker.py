@@ -113,6 +113,11 @@ def test_stats_and_explain() -> None:
     text = t.explain()
     assert text.startswith("pool 't-stats' (lib): 2/2 in use, 0 idle, 3 waiting; longest holders:")
     assert text.count("backend pid") == 2
+    assert t.explain(limit=1).endswith(", ... (1 more)")
+    assert t.explain(limit=0).endswith("3 waiting; 2 holders")
+    for bad in (-1, None, 1.5, True):
+        with pytest.raises(ValueError, match="limit must be a whole number"):
+            t.explain(limit=bad)  # type: ignore[arg-type]
     assert s.as_dict()["wait_seconds"]["count"] == 3
     t.closed(a)
     assert t.stats().connections_closed_total == 1

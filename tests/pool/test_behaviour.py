@@ -518,3 +518,22 @@ async def test_a_pool_never_opened_says_so(kind: str, pg: EmbeddedPostgres) -> N
     await p.close()
     with pytest.raises(PoolClosed, match="is already closed"):
         await p.getconn()
+
+
+async def test_a_returned_connection_says_why_it_is_discarded(
+        kind: str, pg: EmbeddedPostgres, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    async with make_pool(kind, pg.dsn, min_size=0, max_size=2, name="why") as p:
+        ended = await p.getconn(10.0)
+        pid = await backend_pid(p, ended)
+        pg.execute("select pg_terminate_backend(%s)", (pid,))
+        with pytest.raises(psycopg.OperationalError):
+            await p.execute(ended, "select 1")
+        await p.putconn(ended)
+        closed = await p.getconn(10.0)
+        await (p._thread(closed.close) if kind == "sync" else closed.close())
+        await p.putconn(closed)
+    lines = [r.getMessage() for r in caplog.records if "discarding returned" in r.getMessage()]
+    assert len(lines) == 2, lines
+    assert f"pid {pid}: broken (the server ended the session" in lines[0]
+    assert "closed by its holder" in lines[1]

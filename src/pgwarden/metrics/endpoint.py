@@ -74,17 +74,21 @@ class Endpoint:
         what: what it serves, for that warning (``metrics``, ``holders``).
 
     Raises:
-        ConfigError: ``port`` is not a whole number from 0 to 65535, or no route.
+        ConfigError: ``port`` is not a whole number from 0 to 65535, ``addr`` is empty or not
+            a string, or no route.
         ListenError: the address cannot be bound (port in use, no such address, privileged
             port, a host name that does not resolve).
     """
 
     def __init__(self, routes: Mapping[str, WsgiApp], *, port: int, addr: str = "127.0.0.1",
                  what: str = "metrics") -> None:
-        port = check_port(port)
-        if not routes:
-            from ..errors import ConfigError
+        from ..errors import ConfigError
 
+        port = check_port(port)
+        if not isinstance(addr, str) or not addr.strip():
+            raise ConfigError("addr must be an address of this host, like '127.0.0.1' "
+                              f"(loopback) or '0.0.0.0' (every interface), got {addr!r}")
+        if not routes:
             raise ConfigError("an endpoint needs at least one path to serve")
         self.routes = dict(routes)
 

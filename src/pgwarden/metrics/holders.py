@@ -70,7 +70,7 @@ def serve_holders(port: int, *, addr: str = "127.0.0.1") -> Endpoint:
             can reach it can read the code locations).
 
     Raises:
-        ConfigError: a port that is not a whole number from 0 to 65535.
+        ConfigError: a port that is not a whole number from 0 to 65535; an empty ``addr``.
         ListenError: the address cannot be bound (port in use, no such address).
     """
     return Endpoint({HOLDERS_PATH: json_app(holders_document)}, port=port, addr=addr,

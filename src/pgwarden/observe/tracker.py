@@ -509,13 +509,23 @@ class Tracker:
             pool 'api' (sqlalchemy): 15/15 in use, 0 idle, 3 waiting; longest holders:
             backend pid 4711 held 95.2 s by worker-3 at app/jobs.py:88 in sync_orders
             (idle in transaction), ...
+
+        Args:
+            limit: how many holders to name (0: none, only how many there are).
+
+        Raises:
+            ValueError: ``limit`` is not a whole number >= 0.
         """
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ValueError(f"limit must be a whole number >= 0, got {limit!r}")
         s = self.sizes()
         cap = f"/{s.max_size}" if s.max_size is not None else ""
         text = (f"pool {self.name!r} ({self.library}): {s.in_use}{cap} in use, {s.idle} idle, "
                 f"{self.requests_waiting} waiting")
         holders = self.holders()
-        if holders:
+        if holders and limit == 0:
+            text += f"; {len(holders)} holders"
+        elif holders:
             text += "; longest holders: " + ", ".join(h.describe() for h in holders[:limit])
             if len(holders) > limit:
                 text += f", ... ({len(holders) - limit} more)"

@@ -1084,10 +1084,12 @@ def return_verdict(conn: Any, status: int) -> str | None:
     """Reset-on-return rule for a connection not idle: ``"rollback"`` when it is inside a
     transaction (rolled back with a warning naming the holder, as psycopg_pool does), else the
     reason to discard it (broken, or returned while a query runs, e.g. a cancelled task)."""
+    if getattr(conn, "broken", False):  # closed by an error, not by close() (psycopg)
+        return "broken (the server ended the session or the connection was lost)"
     if conn.closed:
         return "closed by its holder"
     if status == TS.UNKNOWN:
-        return "broken (connection lost)"
+        return "broken (the server ended the session or the connection was lost)"
     if status == TS.ACTIVE:
         return "returned while a query was running"
     return "rollback"
