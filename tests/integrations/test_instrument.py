@@ -175,3 +175,19 @@ def test_a_pool_without_sizes_is_counted_quietly(pg: EmbeddedPostgres,
     assert not [r for r in caplog.records if r.exc_info]  # no traceback logged per read
     handle.remove()
     engine.dispose()
+
+
+def test_instrumenting_twice_with_other_settings_says_the_first_are_kept(
+        pg: EmbeddedPostgres, caplog: pytest.LogCaptureFixture) -> None:
+    import psycopg2.pool
+
+    pool = psycopg2.pool.SimpleConnectionPool(0, 1, pg.dsn)
+    handle = pgwarden.instrument(pool, name="orders")
+    caplog.set_level("WARNING", logger="pgwarden.integrations")
+    assert pgwarden.instrument(pool) is handle and not caplog.records  # same settings: quiet
+    assert pgwarden.instrument(pool, name="billing", leak_threshold=5.0) is handle
+    [record] = caplog.records
+    assert "pool 'orders' is instrumented already; the first settings are kept: " \
+        "name='orders' (asked 'billing'), leak_threshold=60.0 (asked 5.0)" in record.getMessage()
+    handle.remove()
+    pool.closeall()

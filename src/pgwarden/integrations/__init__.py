@@ -60,13 +60,37 @@ def _import_skip_modules(names: Any) -> list[Any]:
     return modules
 
 
+def _warn_if_settings_differ(handle: Instrumentation, name: str | None,
+                             leak_threshold: float | None, stack_depth: int | None) -> None:
+    """Instrumenting twice keeps the first settings: say so when the second call asks for
+    others (one warning on the ``pgwarden.integrations`` logger)."""
+    tracker = handle.tracker
+    asked: dict[str, Any] = {"name": name, "stack_depth": stack_depth}
+    if leak_threshold != _DEFAULT_LEAK_THRESHOLD:  # the default cannot tell "not given"
+        asked["leak_threshold"] = leak_threshold
+    kept = {"name": tracker.name, "leak_threshold": tracker.leak_threshold,
+            "stack_depth": handle.stack_depth}
+    differ = [f"{k}={kept[k]!r} (asked {v!r})" for k, v in asked.items()
+              if (v is not None or k == "leak_threshold") and v != kept[k]]
+    if differ:
+        from ._base import logger
+
+        logger.warning("pool %r is instrumented already; the first settings are kept: %s. "
+                       "Call .remove() on its handle first to change them", tracker.name,
+                       ", ".join(differ))
+
+
 def instrumentation_of(target: Any) -> Instrumentation | None:
     """The active instrumentation of ``target``, or ``None``."""
     adapter = _adapter_for(target)
     return None if adapter is None else adapter.instrumentation_of(target)
 
 
-def instrument(target: Any, *, name: str | None = None, leak_threshold: float | None = 60.0,
+_DEFAULT_LEAK_THRESHOLD = 60.0
+
+
+def instrument(target: Any, *, name: str | None = None,
+               leak_threshold: float | None = _DEFAULT_LEAK_THRESHOLD,
                reclaim: bool = True, skip_modules: tuple[str, ...] = (),
                stack_depth: int | None = None, pgbouncer: Any = None) -> Instrumentation:
     """Instrument a pool: record every checkout's holder (thread or task, code location,
@@ -96,7 +120,9 @@ def instrument(target: Any, *, name: str | None = None, leak_threshold: float | 
 
     Returns:
         The :class:`Instrumentation` handle (``holders()``, ``stats()``, ``explain()``,
-        ``remove()``). Instrumenting an instrumented target returns its handle unchanged.
+        ``remove()``). Instrumenting an instrumented target returns its handle unchanged
+        (a warning on the ``pgwarden.integrations`` logger names settings asked for that
+        differ from the first call's).
 
     Raises:
         TypeError: ``target`` is none of the above (the message lists what is supported).
@@ -124,6 +150,9 @@ def instrument(target: Any, *, name: str | None = None, leak_threshold: float | 
 
     told = coerce(pgbouncer)
     skipped = _import_skip_modules(skip_modules)
+    existing = adapter.instrumentation_of(target)
+    if existing is not None:
+        _warn_if_settings_differ(existing, name, leak_threshold, stack_depth)
     handle: Instrumentation = adapter.instrument(target, name=name,
                                                  leak_threshold=leak_threshold, reclaim=reclaim)
     from ._base import skip_library
