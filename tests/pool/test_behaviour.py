@@ -335,6 +335,12 @@ async def test_timeout_names_the_holders(kind: str, pg: EmbeddedPostgres) -> Non
             await p.putconn(c)
 
 
+async def test_an_empty_name_gets_a_generated_one_as_in_psycopg_pool(
+        kind: str, pg: EmbeddedPostgres) -> None:
+    async with make_pool(kind, pg.dsn, min_size=0, name="") as p:
+        assert p.pool.name.startswith("pool-")
+
+
 async def test_putconn_foreign_connection(kind: str, pg: EmbeddedPostgres) -> None:
     async with make_pool(kind, pg.dsn, min_size=1, name="p1") as p:
         with pg.connect() as other, pytest.raises(ValueError, match="doesn't come from any"):

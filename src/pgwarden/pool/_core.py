@@ -391,7 +391,7 @@ def make_config(
         raise ConfigError(f"max_waiting must be an int >= 0 (0: unbounded), got {max_waiting!r}")
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
         raise ConfigError(f"num_workers must be an int >= 1, got {num_workers!r}")
-    if name is None:
+    if not name:  # None or "" (as psycopg_pool)
         _num_pool += 1
         name = f"pool-{_num_pool}"
     return Config(
