@@ -1,7 +1,7 @@
 """``--holders`` URLs that answer badly, served by a real HTTP server on loopback: a body
-that trickles in byte by byte, headers that do. Each is one warning line within about
-``--holders-timeout`` (however many such URLs are given); the command works on and exits as it
-would without it."""
+that trickles in byte by byte, headers that do, JSON nested a hundred thousand deep. Each is
+one warning line within about ``--holders-timeout`` (however many such URLs are given); the
+command works on and exits as it would without it."""
 
 from __future__ import annotations
 
@@ -175,3 +175,26 @@ def test_redirects_and_http_errors_are_reported_not_followed(hostile: Hostile) -
     assert holders_source.fetch(hostile.url("/deep")).error is None
     assert holders_source.fetch(hostile.url("/redirect")).error == "HTTP 302 Found"
     assert holders_source.fetch(hostile.url("/missing")).error == "HTTP 404 Not Found"
+
+
+@pytest.mark.parametrize("command", [["status"], ["top", "--once"], ["doctor"],
+                                     ["doctor", "--format", "json"]])
+def test_deeply_nested_json_is_a_warning(pg: EmbeddedPostgres, hostile: Hostile,
+                                         command: list[str]) -> None:
+    url = hostile.serve("/deep", b"[" * 100_000 + b"]" * 100_000)
+    plain = pgwarden(*command, "--dsn", pg.dsn)
+    res = pgwarden(*command, "--dsn", pg.dsn, "--holders", url)
+    assert res.returncode == plain.returncode, res.stdout + res.stderr
+    assert res.stderr == plain.stderr and "internal error" not in res.stderr
+    if "json" in command:
+        [warning] = json.loads(res.stdout)["holders"]["warnings"]
+        assert "/deep" in warning
+    else:
+        one_line(res.stdout, "--holders ", "/deep", "not a pgwarden holders document")
+
+
+def test_deeply_nested_json_in_fetch(hostile: Hostile) -> None:
+    for body in (b"[" * 100_000 + b"]" * 100_000, b'{"a":' * 50_000 + b"1" + b"}" * 50_000):
+        url = hostile.serve("/deep", body)
+        source = holders_source.fetch(url, timeout=5)
+        assert source.error is not None and "nested" in source.error, source.error

@@ -260,6 +260,9 @@ def fetch(url: str, *, timeout: float = DEFAULT_TIMEOUT) -> HolderSource:
         return HolderSource(shown, error=f"answer larger than {MAX_BYTES // (1024 * 1024)} MB")
     try:
         doc = json.loads(body)
+    except RecursionError:
+        return HolderSource(shown, error="not a pgwarden holders document (JSON nested too "
+                                         "deeply)")
     except (UnicodeDecodeError, ValueError):
         return HolderSource(shown, error="not JSON: is it the URL of "
                                          "pgwarden.metrics.serve_holders()?")
