@@ -1,18 +1,23 @@
 """``--holders`` URLs that answer badly, served by a real HTTP server on loopback: a body
-that trickles in byte by byte, headers that do, JSON nested a hundred thousand deep. Each is
-one warning line within about ``--holders-timeout`` (however many such URLs are given); the
-command works on and exits as it would without it."""
+that trickles in byte by byte, headers that do, JSON nested a hundred thousand deep, and
+documents whose strings carry escape codes and newlines and whose numbers are NaN, infinite or
+absurd. Each is one warning line (or a cleaned-up holder) within about ``--holders-timeout``
+(however many such URLs are given); the command works on and exits as it would without it."""
 
 from __future__ import annotations
 
 import http.server
 import json
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import psycopg
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pgwarden.conninfo import resolve
 from pgwarden.embedded import EmbeddedPostgres
@@ -175,6 +180,8 @@ def test_redirects_and_http_errors_are_reported_not_followed(hostile: Hostile) -
     assert holders_source.fetch(hostile.url("/deep")).error is None
     assert holders_source.fetch(hostile.url("/redirect")).error == "HTTP 302 Found"
     assert holders_source.fetch(hostile.url("/missing")).error == "HTTP 404 Not Found"
+    # the server's reason phrase is the server's: cleaned like any text it sends
+    assert holders_source.fetch(hostile.url("/teapot")).error == "HTTP 418 I'm a ?[31mred?[0m"
 
 
 @pytest.mark.parametrize("command", [["status"], ["top", "--once"], ["doctor"],
@@ -198,3 +205,76 @@ def test_deeply_nested_json_in_fetch(hostile: Hostile) -> None:
         url = hostile.serve("/deep", body)
         source = holders_source.fetch(url, timeout=5)
         assert source.error is not None and "nested" in source.error, source.error
+
+
+CONTROL = "\x1b\n\r\t\x07\x00\x7f\x9b\u2028\u202e"
+
+
+def test_escape_codes_and_absurd_numbers_never_reach_the_terminal(
+        pg: EmbeddedPostgres, hostile: Hostile) -> None:
+    with psycopg.connect(pg.dsn) as a, psycopg.connect(pg.dsn) as b, \
+            psycopg.connect(pg.dsn) as c:
+        pa, pb, pc = a.info.backend_pid, b.info.backend_pid, c.info.backend_pid
+        url = hostile.serve("/escapes", document(
+            holder_doc(pid=pa, pool=f"api{ESC}", holder="worker\n\rFAKE LINE",
+                       function=f"f{ESC}", file="app/x\n\r.py", transaction_state=ESC,
+                       stack=[f"x{ESC}"]),
+            holder_doc(pid=pb, held_seconds=1e300, started_at=1e308),
+            holder_doc(pid=pc, function="g" * 10_000, file="p/" * 10_000, holder="h" * 10_000),
+            taken_at=1e308))
+        body = hostile.bodies["/escapes"]
+        # NaN and Infinity are what Python's json.dumps writes for them: read them too
+        nan = hostile.serve("/nan", body.replace(b'"held_seconds": 1e+300', b'"held_seconds": '
+                                                 b'NaN').replace(b"1e+308", b"Infinity"))
+        assert body != hostile.bodies["/nan"]
+        for command in (["status"], ["top", "--once"], ["doctor"]):
+            for source in (url, nan):
+                res = pgwarden(*command, "--dsn", pg.dsn, "--holders", source)
+                assert res.returncode in (0, 1), res.stdout + res.stderr
+                out = res.stdout
+                assert not any(ch in out for ch in CONTROL.replace("\n", "")), repr(out)
+                # a newline in a thread name cannot start a line of its own
+                assert all("worker??FAKE LINE" in ln for ln in out.splitlines()
+                           if "FAKE LINE" in ln), out
+                assert not any(f"{x} {u}" in out for x in ("nan", "inf") for u in "sh")
+                assert "e+" not in out
+                assert "g" * 300 not in out and "h" * 300 not in out
+                one_line(out, "--holders ", "1 malformed holder entries left out")
+                if command == ["status"]:
+                    line = one_line(out, f"pid {pa} (api?[31mred?[0m)")
+                    assert "worker??FAKE LINE" in line and "app/x??.py" in line
+        res = pgwarden("doctor", "--dsn", pg.dsn, "--format", "json", "--holders", url)
+        held = json.loads(res.stdout)["holders"]
+        [source_doc] = held["sources"]
+        assert source_doc["taken_at"] is None and source_doc["skipped"] == 1
+        assert {s["pid"] for s in held["sessions"]} == {pa, pc}
+
+
+def printable_and_short(text: str, limit: int) -> bool:
+    return text.isprintable() and len(text) <= limit
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.fixed_dictionaries({}, optional={
+    "pid": st.integers() | st.floats() | st.text(),
+    "pool": st.text(), "library": st.text(), "holder": st.text(max_size=2000),
+    "file": st.text(max_size=2000), "line": st.integers(), "function": st.text(),
+    "held_seconds": st.floats() | st.integers(), "started_at": st.floats() | st.integers(),
+    "transaction_state": st.text(), "leaked": st.booleans() | st.none(),
+    "stack": st.lists(st.text(max_size=1000), max_size=300)}),
+    st.floats() | st.integers() | st.none())
+def test_parsed_holders_are_clean(fields: dict[str, Any], taken_at: Any) -> None:
+    """Whatever an application sends, a parsed holder is printable, bounded and finite."""
+    source = holders_source.parse_document(document(holder_doc(**fields), taken_at=taken_at),
+                                           "http://x/holders")
+    assert len(source.holders) + source.skipped == 1
+    assert source.taken_at is None or math.isfinite(source.taken_at)
+    for h in source.holders:
+        for text in (h.pool, h.library, h.holder, h.function, h.transaction_state):
+            assert printable_and_short(text, 200), text
+        assert printable_and_short(h.file, 500) and len(h.stack) <= 100
+        assert all(printable_and_short(s, 500) for s in h.stack)
+        assert 0 <= h.pid < 2**31 and 0 <= h.line < 2**31
+        assert math.isfinite(h.started_at) and 0 <= h.held_seconds <= 1e9
+        for text in (h.short, h.describe(), h.location):
+            assert text.isprintable() and len(text) < 2000 and "nan" not in text

@@ -41,6 +41,20 @@ DEFAULT_PATH = "/holders"
 #: before it gives up on it (a name lookup or a TLS handshake the deadline cannot cut short).
 GRACE = 0.5
 
+#: Longest text kept of a holder's names (pool, library, thread or task, function, state).
+TEXT_CHARS = 200
+#: Longest file name and stack entry kept.
+PATH_CHARS = 500
+#: Most stack entries kept (the innermost).
+STACK_ENTRIES = 100
+#: Largest pid (backend or process) and line number read.
+MAX_INT = 2**31 - 1
+#: Largest ``held_seconds`` read (about 31 years).
+MAX_HELD_SECONDS = 1e9
+#: Largest Unix time read (``started_at``, ``taken_at``: the year 5138).
+MAX_UNIX_TIME = 1e11
+
+
 def _deadline_reader(plain: Any, sock: socket.socket, deadline: float) -> io.BufferedReader:
     """A buffered reader of the socket (through ``plain``, its own ``sock.makefile("rb")``,
     which keeps it open while the response is read) whose every read ends at ``deadline``
@@ -130,28 +144,43 @@ def _reason(reason: object, timeout: float) -> str:
     return str(reason) or type(reason).__name__
 
 
+def _clean(text: str, limit: int) -> str:
+    """``text`` fit for a terminal: every control, format or separator character (escape
+    codes, newlines, bidi overrides, lone surrogates) replaced by ``?``, at most ``limit``
+    characters (cut with ``...``)."""
+    out = "".join(ch if ch.isprintable() else "?" for ch in text[:limit + 1])
+    return out if len(out) <= limit else out[:limit - 3] + "..."
+
+
 def _int(d: Mapping[str, Any], key: str) -> int:
     v = d[key]
     if isinstance(v, bool) or not isinstance(v, int):
         raise TypeError(key)
+    if not 0 <= v <= MAX_INT:
+        raise ValueError(key)
     return v
 
 
-def _float(d: Mapping[str, Any], key: str) -> float:
+def _float(d: Mapping[str, Any], key: str, largest: float) -> float:
     v = d[key]
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise TypeError(key)
+    if not 0 <= v <= largest:  # NaN fails too
+        raise ValueError(key)
     return float(v)
 
 
-def _str(d: Mapping[str, Any], key: str, default: str | None = None) -> str:
+def _str(d: Mapping[str, Any], key: str, default: str | None = None, *,
+         limit: int = TEXT_CHARS) -> str:
     v = d.get(key, default)
     if not isinstance(v, str):
         raise TypeError(key)
-    return v
+    return _clean(v, limit)
 
 
 def _holder(h: Any, process_pid: int, source: str) -> AppHolder:
+    """One holder entry, checked and cleaned: texts printable and bounded, numbers whole or
+    finite and in range (else ``TypeError`` / ``ValueError``: the entry is left out)."""
     if not isinstance(h, dict):
         raise TypeError("holder")
     stack = h.get("stack", [])
@@ -160,26 +189,32 @@ def _holder(h: Any, process_pid: int, source: str) -> AppHolder:
     leaked = h.get("leaked", False)
     return AppHolder(
         pid=_int(h, "pid"), pool=_str(h, "pool"), library=_str(h, "library", "?"),
-        holder=_str(h, "holder", "?"), file=_str(h, "file", "?"), line=_int(h, "line"),
-        function=_str(h, "function", "?"), held_seconds=_float(h, "held_seconds"),
-        started_at=_float(h, "started_at"),
+        holder=_str(h, "holder", "?"), file=_str(h, "file", "?", limit=PATH_CHARS),
+        line=_int(h, "line"), function=_str(h, "function", "?"),
+        held_seconds=_float(h, "held_seconds", MAX_HELD_SECONDS),
+        started_at=_float(h, "started_at", MAX_UNIX_TIME),
         transaction_state=_str(h, "transaction_state", "unknown"),
-        leaked=leaked if isinstance(leaked, bool) else False, stack=tuple(stack),
+        leaked=leaked if isinstance(leaked, bool) else False,
+        stack=tuple(_clean(x, PATH_CHARS) for x in stack[-STACK_ENTRIES:]),
         process_pid=process_pid, source=source)
 
 
 def parse_document(doc: Any, shown: str) -> HolderSource:
-    """The :class:`HolderSource` for one decoded document (pure). Malformed holder entries
-    are left out and counted; a document that is not pgwarden's gives an error."""
+    """The :class:`HolderSource` for one decoded document (pure). Every holder is checked and
+    cleaned here, once: its texts have no control characters (``?`` instead) and bounded
+    lengths, its numbers are finite and in range. Malformed holder entries are left out and
+    counted; a document that is not pgwarden's gives an error."""
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         return HolderSource(shown, error=f"not a pgwarden holders document (no \"format\": "
                                           f"\"{FORMAT}\"): is it the URL of "
                                           "pgwarden.metrics.serve_holders()?")
     process_pid = doc.get("process_pid")
-    if isinstance(process_pid, bool) or not isinstance(process_pid, int):
+    if isinstance(process_pid, bool) or not isinstance(process_pid, int) or not (
+            0 <= process_pid <= MAX_INT):
         process_pid = 0
     taken_at = doc.get("taken_at")
-    taken = float(taken_at) if isinstance(taken_at, (int, float)) else None
+    taken = (float(taken_at) if isinstance(taken_at, (int, float))
+             and not isinstance(taken_at, bool) and 0 <= taken_at <= MAX_UNIX_TIME else None)
     holders: list[AppHolder] = []
     skipped = 0
     pools = doc.get("pools")
@@ -219,7 +254,7 @@ def _get(target: str, deadline: float, timeout: float) -> bytes:
         conn.request("GET", path, headers={"Accept": "application/json"})
         resp = conn.getresponse()
         if not 200 <= resp.status < 300:
-            raise _Failed(f"HTTP {resp.status} {resp.reason}")
+            raise _Failed(_clean(f"HTTP {resp.status} {resp.reason}", TEXT_CHARS))
         try:
             return resp.read(MAX_BYTES + 1)
         except TimeoutError:
@@ -253,7 +288,7 @@ def fetch(url: str, *, timeout: float = DEFAULT_TIMEOUT) -> HolderSource:
     except _Failed as exc:
         return HolderSource(shown, error=str(exc))
     except (OSError, http.client.HTTPException) as exc:
-        return HolderSource(shown, error=_reason(exc, timeout))
+        return HolderSource(shown, error=_clean(_reason(exc, timeout), TEXT_CHARS))
     except ValueError:
         return HolderSource(shown, error="unusable URL")
     if len(body) > MAX_BYTES:
