@@ -97,7 +97,7 @@ def holders_options(func: _F) -> _F:
     func = click.option(
         "--holders-timeout", type=click.FloatRange(min=0.1, max=60.0), default=2.0,
         show_default=True, metavar="SECONDS",
-        help="Seconds to wait for each --holders URL.")(func)
+        help="Seconds to wait for the --holders URLs' whole answers (all fetched at once).")(func)
     return click.option(
         "--holders", "holders", multiple=True, metavar="URL",
         help="An application's holders endpoint (pgwarden.metrics.serve_holders), e.g. "

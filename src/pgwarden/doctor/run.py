@@ -62,7 +62,8 @@ def examine(target: Target | None, *, thresholds: Thresholds | None = None,
             ``target`` ``None`` only PgBouncer is judged.
         holders: applications' ``/holders`` URLs, fetched right after the snapshot and joined
             to its sessions by backend pid (a URL that fails is a warning in the report).
-        holders_timeout: seconds to wait for each of them.
+        holders_timeout: seconds to wait for them (one deadline for each whole answer, all
+            fetched at once).
 
     Returns:
         A :class:`Report`. A server that refuses pgwarden with SQLSTATE 53300 gives a report

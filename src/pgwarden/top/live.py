@@ -50,7 +50,8 @@ class Source:
         query_chars: how much of each query to read.
         holders: applications' ``/holders`` URLs, fetched with each snapshot and joined to it
             by backend pid (the holder column); a URL that fails is a note, never an error.
-        holders_timeout: seconds to wait for each of them.
+        holders_timeout: seconds to wait for them (all at once, while the snapshot is
+            taken: a refresh waits at most this long for a slow URL).
     """
 
     def __init__(self, target: Target, *, protection: Protection | None = None,
@@ -80,16 +81,19 @@ class Source:
             psycopg.Error: the connection was lost during the snapshot (the next call
                 reconnects).
         """
+        # the holders are fetched while the snapshot is taken: a refresh waits for the slower
+        # of the two (a slow URL at most holders_timeout), not for both in turn
+        pending = (holders_source.start_fetch_all(self.holder_urls,
+                                                  timeout=self.holders_timeout)
+                   if self.holder_urls else None)
         conn = self._connection()
         try:
             snap = postgres.take(conn, query_chars=self.query_chars)
         except psycopg.Error:
             self.close()
             raise
-        if self.holder_urls:
-            self.holders = holders_source.join(
-                snap.client_backends,
-                holders_source.fetch_all(self.holder_urls, timeout=self.holders_timeout))
+        if pending is not None:
+            self.holders = holders_source.join(snap.client_backends, pending.result())
         self.snapshot = snap
         return snap
 

@@ -7,7 +7,15 @@ the file:line and function that checked the connection out, and how long it has 
 
 from __future__ import annotations
 
-from .fetch import DEFAULT_TIMEOUT, fetch, fetch_all, normalize_url, parse_document
+from .fetch import (
+    DEFAULT_TIMEOUT,
+    PendingFetch,
+    fetch,
+    fetch_all,
+    normalize_url,
+    parse_document,
+    start_fetch_all,
+)
 from .join import HeldSession, HolderJoin, join
 from .records import FORMAT, AppHolder, HolderSource, fmt_age
 
@@ -18,10 +26,12 @@ __all__ = [
     "HeldSession",
     "HolderJoin",
     "HolderSource",
+    "PendingFetch",
     "fetch",
     "fetch_all",
     "fmt_age",
     "join",
     "normalize_url",
     "parse_document",
+    "start_fetch_all",
 ]

@@ -27,6 +27,12 @@ def fmt_age(seconds: float | None) -> str:
 class AppHolder:
     """One checked-out connection, as the application holding it reported it.
 
+    Made by :func:`~.fetch.parse_document`, which checks and cleans each one once: every text
+    is printable (control characters, newlines and escape codes become ``?``) and bounded
+    (``TEXT_CHARS``, ``PATH_CHARS``; ``STACK_ENTRIES``), pids and lines are whole numbers from
+    0 to 2**31 - 1, ``held_seconds`` and ``started_at`` finite and in range; an entry that is
+    not is left out. Renderers print the fields as they are.
+
     Attributes:
         pid: the connection's backend pid (``pg_stat_activity.pid``), recorded by the pool's
             tracker when the connection was opened.
