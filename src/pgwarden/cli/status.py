@@ -51,11 +51,13 @@ def run_status(dsn: str | None, pgbouncer_dsn: str | None, connect_timeout: floa
     joined = None
     if dsn is not None or pgbouncer_dsn is None:
         target = resolve_target(dsn, command="status", connect_timeout=connect_timeout)
+        # the applications' holders are fetched while the snapshot is taken (same moment)
+        pending = (holders_source.start_fetch_all(holders, timeout=holders_timeout)
+                   if holders else None)
         with connect(target) as conn:
             snap = postgres.take(conn)
-        if holders:
-            joined = holders_source.join(
-                snap.client_backends, holders_source.fetch_all(holders, timeout=holders_timeout))
+        if pending is not None:
+            joined = holders_source.join(snap.client_backends, pending.result())
         out = {"target": target.where, "server": server_info(snap),
                "summary": summary(snap, holders=joined)}
     elif holders:

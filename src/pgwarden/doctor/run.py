@@ -100,11 +100,13 @@ def examine(target: Target | None, *, thresholds: Thresholds | None = None,
                 seen.update(postgres.new_sessions(conn, previous.taken_at))
                 time.sleep(min(_POLL, max(0.0, end - time.monotonic())))
             sampled = Sample(previous, Counter(seen.values()))
+        # the applications' holders are fetched while the snapshot is taken (same moment)
+        pending = (holders_source.start_fetch_all(holders, timeout=holders_timeout)
+                   if holders else None)
         snap = postgres.take(conn)
     joined = None
-    if holders:
-        joined = holders_source.join(snap.client_backends,
-                                     holders_source.fetch_all(holders, timeout=holders_timeout))
+    if pending is not None:
+        joined = holders_source.join(snap.client_backends, pending.result())
     findings = evaluate(snap, thresholds, sampled)
     part: dict[str, Any] = {}
     if pgbouncer is not None:
