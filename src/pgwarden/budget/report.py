@@ -127,7 +127,14 @@ def render(console: Console, report: BudgetReport) -> None:
         else:
             console.print("[bold red]no pool sizes fit[/]: even one connection per pool per "
                           "process exceeds the available slots")
-    if report.verdict == "over" or not report.sizing_fits:
+    if (report.verdict == "over" or not report.sizing_fits) and not report.pgbouncer.fits:
+        p = report.pgbouncer
+        console.print(
+            f"[bold red]no PgBouncer fits[/]: {p.server_slots} server slots remain after the "
+            f"headroom and the {report.fixed_total} connections that stay direct (fixed "
+            "consumers, undeclared applications), and PgBouncer needs at least one per "
+            "database; lower the headroom or the fixed consumers, or raise max_connections")
+    elif report.verdict == "over" or not report.sizing_fits:
         p = report.pgbouncer
         console.print(
             f"[bold]PgBouncer that fits[/] (pool_mode = {p.pool_mode}): max_client_conn = "
