@@ -9,6 +9,7 @@ import pytest
 
 from pgwarden.embedded import EmbeddedPostgres
 
+from ..conftest import Sessions
 from ..helpers import run_cli
 
 SERVICE = '[services.web]\nkind = "asyncpg"\nmin_size = 1\nmax_size = 2\n'
@@ -87,3 +88,20 @@ def test_absurd_sizes_are_78(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert r.code == 78, r
     assert "'services.big'" in r.err and "1,000,000" in r.err
     assert "%" not in r.out
+
+
+def test_discovery_counts_sessions_hidden_from_a_role_without_pg_monitor(
+        pg: EmbeddedPostgres, sessions: Sessions, capsys: pytest.CaptureFixture[str]) -> None:
+    pg.execute("drop role if exists budget_low")
+    pg.execute("create role budget_low login password 'low-pw'")
+    sessions.open(pg, 6, application_name="hidden-worker")
+    low = f"postgresql://budget_low:low-pw@{pg.host}:{pg.port}/postgres"
+    r = run_cli(capsys, "budget", "--dsn", low, "--format", "json")
+    assert r.code in (0, 1, 2), r
+    j = r.json()
+    assert j["observation"]["peaks"]["hidden-worker"] == 6
+    assert j["observation"]["hidden_peak"] >= 6
+    assert "GRANT pg_monitor TO budget_low;" in j["observation"]["hint"]
+    text = run_cli(capsys, "budget", "--dsn", low)
+    assert "GRANT pg_monitor TO budget_low;" in " ".join(text.out.split())
+    assert "low-pw" not in text.out + text.err

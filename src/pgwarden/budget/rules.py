@@ -61,12 +61,17 @@ class Observation:
         total_peak: the most client sessions seen at once, all applications together.
         seconds: how long it sampled.
         polls: how many looks it took.
+        hidden_peak: the most sessions seen at once whose details the role may not see
+            (counted in ``peaks`` by their application_name).
+        hint: what to do about them (``GRANT pg_monitor TO role;``), or ``""``.
     """
 
     peaks: Mapping[str, int] = field(default_factory=dict)
     total_peak: int = 0
     seconds: float = 0.0
     polls: int = 0
+    hidden_peak: int = 0
+    hint: str = ""
 
 
 @dataclass(frozen=True, slots=True)

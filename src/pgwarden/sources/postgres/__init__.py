@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from .records import (
     ActivitySummary,
+    ApplicationCounts,
     ClientBrief,
     Notable,
     Server,
@@ -19,6 +20,7 @@ from .records import (
     Settings,
     Snapshot,
     group_sessions,
+    hidden_hint,
 )
 from .snapshot import (
     application_counts,
@@ -32,6 +34,7 @@ from .snapshot import (
 
 __all__ = [
     "ActivitySummary",
+    "ApplicationCounts",
     "ClientBrief",
     "Notable",
     "Server",
@@ -42,6 +45,7 @@ __all__ = [
     "Snapshot",
     "application_counts",
     "group_sessions",
+    "hidden_hint",
     "new_sessions",
     "read_server",
     "read_settings",

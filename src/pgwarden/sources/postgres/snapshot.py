@@ -21,6 +21,7 @@ from .queries import load
 from .queries import query as _q
 from .records import (
     ActivitySummary,
+    ApplicationCounts,
     ClientBrief,
     Notable,
     Server,
@@ -256,12 +257,14 @@ def new_sessions(conn: psycopg.Connection[Any], since: dt.datetime) -> dict[int,
     return {r["pid"]: r["application_name"] or "" for r in rows.fetchall()}
 
 
-def application_counts(conn: psycopg.Connection[Any]) -> dict[str, int]:
+def application_counts(conn: psycopg.Connection[Any]) -> ApplicationCounts:
     """Client sessions per ``application_name`` now (``""`` for none), pgwarden's own session
-    left out: one cheap query, polled while ``pgwarden budget --sample`` watches for peaks."""
+    left out, those hidden from a role without ``pg_monitor`` included and counted: one cheap
+    query, polled while ``pgwarden budget --sample`` watches for peaks."""
     cur = conn.cursor(row_factory=dict_row)
     rows = cur.execute(_q("get_application_counts", conn.info.server_version)).fetchall()
-    return {r["application"]: int(r["sessions"]) for r in rows}
+    return ApplicationCounts(sessions={r["application"]: int(r["sessions"]) for r in rows},
+                             hidden=sum(int(r["hidden"]) for r in rows))
 
 
 def role_secrets(conn: psycopg.Connection[Any], names: list[str]) -> dict[str, str]:
