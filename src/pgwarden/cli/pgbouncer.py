@@ -20,9 +20,9 @@ from rich.markup import escape
 from ..budget import load_budget, slots_for
 from ..conninfo import connect
 from ..errors import ConfigError, PermissionMissing
-from ..pgbouncer.ini import auth_file_text
+from ..pgbouncer.ini import UnwritableValue, auth_file_text, checked
 from ..pgbouncer.plan import AUTH_USER, InitPlan, auth_query_sql, make_plan, new_password
-from ..pgbouncer.version import Version, installed_version, parse_version
+from ..pgbouncer.version import Version, installed_version, parse_given_version
 from ..sources import postgres
 from .options import connect_timeout_option, format_option, resolve_target
 from .output import console, emit_json, report
@@ -54,13 +54,26 @@ def _write(path: Path, text: str, mode: int) -> None:
 def _version(given: str | None) -> tuple[Version, str]:
     if given:
         try:
-            return parse_version(given), "--pgbouncer-version"
+            return parse_given_version(given), "--pgbouncer-version"
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--pgbouncer-version") from None
     found = installed_version()
     if found is not None:
         return found, "the installed pgbouncer"
     return _FALLBACK_VERSION, "assumed (no pgbouncer installed; give --pgbouncer-version)"
+
+
+def _writable(kind: str) -> Any:
+    """A click callback: the option's value must pass the check every value written into
+    PgBouncer's files passes (:func:`pgwarden.pgbouncer.ini.checked`), before anything else."""
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is not None:
+            try:
+                checked(str(value), what=param.name or "", kind=kind)
+            except UnwritableValue as exc:
+                raise click.BadParameter(exc.problem, ctx=ctx, param=param) from None
+        return value
+    return callback
 
 
 @pgbouncer.command()
@@ -70,15 +83,19 @@ def _version(given: str | None) -> tuple[Version, str]:
               "a superuser, the users' SCRAM secrets for the auth file).")
 @connect_timeout_option
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("."), show_default=True, help="Directory to write the files in.")
+              default=Path("."), show_default=True, callback=_writable("text"),
+              help="Directory to write the files in.")
 @click.option("--auth", type=click.Choice(["file", "query"]), default="file",
               show_default=True, help="file: an auth file with each user's SCRAM secret; "
               "query: auth_user + auth_query, with the SQL that creates its function.")
 @click.option("--pgbouncer-version", metavar="X.Y.Z", default=None,
               help="The PgBouncer version to write for (default: the installed one).")
-@click.option("--listen-addr", default="127.0.0.1", show_default=True)
+@click.option("--listen-addr", default="127.0.0.1", show_default=True,
+              callback=_writable("addresses"),
+              help="Where PgBouncer listens: * or IP addresses and host names, comma-separated.")
 @click.option("--listen-port", type=click.IntRange(1, 65535), default=6432, show_default=True)
 @click.option("--admin-user", default="pgbouncer_admin", show_default=True,
+              callback=_writable("name"),
               help="The user of PgBouncer's admin console (admin_users, stats_users).")
 @click.option("--force", is_flag=True, help="Replace files that exist.")
 @format_option

@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 
 from ..budget.model import Budget, Pool, ServerSlots
 from ..budget.rules import PgBouncerSizing, pgbouncer_sizing
+from ..errors import ConfigError, ConfigFileError
 from .drivers import TRANSACTION_MODE_CAVEATS, DriverAdvice, advice
-from .ini import IniValue, ini_text, scram_secret
+from .ini import IniValue, UnwritableValue, checked, ini_text, scram_secret
 from .version import Version
 
 __all__ = [
@@ -136,12 +137,18 @@ def make_plan(
             consumers).
 
     Raises:
-        ValueError: an unknown auth mode, or a port out of range.
+        ConfigFileError: a user or database name from the budget file cannot be written into
+            PgBouncer's files (names the file and the key).
+        ConfigError: an argument that cannot be written (:func:`~pgwarden.pgbouncer.ini.checked`),
+            an unknown auth mode, or a port out of range.
     """
     if auth not in ("file", "query"):
         raise ValueError(f"auth must be 'file' or 'query', got {auth!r}")
     if not 1 <= listen_port <= 65535:
         raise ValueError(f"listen_port must be 1-65535, got {listen_port}")
+    _check_writable(budget, server_host=server_host, default_database=default_database,
+                    default_user=default_user, listen_addr=listen_addr, admin_user=admin_user,
+                    auth_file=auth_file)
     if direct is None:
         direct = sum(s.worst_case for s in budget.services if s.fixed)
     sizing = pgbouncer_sizing(budget, slots, direct=direct, default_database=default_database)
@@ -212,6 +219,38 @@ def make_plan(
         version=version, sizing=sizing, settings=settings, comments=comments,
         databases=databases, users=tuple(users), admin_user=admin_user, auth=auth,
         drivers=tuple(drivers), caveats=TRANSACTION_MODE_CAVEATS)
+
+
+def _check_writable(budget: Budget, *, server_host: str, default_database: str,
+                    default_user: str, listen_addr: str, admin_user: str,
+                    auth_file: str) -> None:
+    """Every value :func:`make_plan` will write, through the one check the writers make
+    (:func:`~pgwarden.pgbouncer.ini.checked`), before anything is written: a budget file's
+    value is a ConfigFileError naming the file and key, any other a ConfigError."""
+    given: list[tuple[str, str, str]] = [
+        (server_host, "the server's host", "text"),
+        (default_database, "the --dsn's database", "name"),
+        (default_user, "the --dsn's user", "name"),
+        (listen_addr, "listen_addr", "addresses"),
+        (admin_user, "admin_user", "name"),
+        (auth_file, "auth_file", "text"),
+    ]
+    for value, what, kind in given:
+        try:
+            checked(value, what=what, kind=kind)
+        except UnwritableValue as exc:
+            raise ConfigError(str(exc)) from None
+    for s in budget.services:
+        for opt in ("database", "user"):
+            value = getattr(s, opt)
+            if value is None:
+                continue
+            key = f"services.{s.name}.{opt}"
+            try:
+                checked(value, what=key, kind="name")
+            except UnwritableValue as exc:
+                raise ConfigFileError(f"{budget.path}: key '{key}': {exc.problem}",
+                                      path=budget.path, key=key) from None
 
 
 def auth_query_sql(password: str, *, salt: bytes | None = None) -> str:
