@@ -4,8 +4,11 @@ quirks, and no PgBouncer where no server slots remain. Logins go through a real 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 
 from pgwarden.embedded import EmbeddedPostgres
@@ -34,6 +37,72 @@ def _init(capsys: pytest.CaptureFixture[str], budget: Path, dsn: str, out: Path,
 def _one_line(r: CliResult) -> None:
     assert len(r.err.strip().splitlines()) == 1, r
     assert "Traceback" not in r.err
+
+
+def test_md5_secret_gives_auth_type_md5_and_says_so(
+        make_cluster: Callable[..., EmbeddedPostgres], make_bouncer: Callable[..., Any],
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    server = make_cluster(max_connections=30)
+    # a server that still lets md5 roles in (their verifier cannot do SCRAM)
+    (server.data_dir / "pg_hba.conf").write_text("host all all 127.0.0.1/32 md5\n")
+    server.execute("select pg_reload_conf()")
+    server.execute(f"create role app login password '{APP_PW}'")
+    with server.connect() as conn:
+        conn.execute("set password_encryption = 'md5'")
+        conn.execute(f"create role md5u login password '{MD5_PW}'")
+    out = tmp_path / "o"
+    r = _init(capsys, _budget(tmp_path, "md5u", "app"), server.url, out)
+    assert r.code == 0, r
+    text = " ".join(r.out.split())
+    assert "SCRAM secrets of md5u" not in text
+    assert "md5 hash of md5u" in text and "password_encryption" in text
+    assert "auth_type = md5" in text
+    ini = (out / "pgbouncer.ini").read_text()
+    assert "auth_type = md5" in ini and "auth_type = scram-sha-256" not in ini
+    userlist = (out / "userlist.txt").read_text()
+    assert '"md5u" "md5' in userlist and '"app" "SCRAM-SHA-256$' in userlist
+    bouncer = make_bouncer(include=out / "pgbouncer.ini")
+    for user, pw in (("md5u", MD5_PW), ("app", APP_PW)):
+        with psycopg.connect(bouncer.conninfo(user=user, password=pw, dbname="postgres"),
+                             prepare_threshold=None, autocommit=True) as conn:
+            assert conn.execute("select current_user").fetchone() == (user,)
+
+
+def test_dsn_password_is_written_and_described_as_such(
+        make_cluster: Callable[..., EmbeddedPostgres], make_bouncer: Callable[..., Any],
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    server = make_cluster(max_connections=30)
+    server.execute(f"create role app login password '{APP_PW}'")
+    out = tmp_path / "o"
+    dsn = f"postgresql://app:{APP_PW}@{server.host}:{server.port}/postgres"
+    r = _init(capsys, _budget(tmp_path, "app"), dsn, out)
+    assert r.code == 0, r
+    assert APP_PW not in r.out + r.err
+    text = " ".join(r.out.split())
+    assert "SCRAM secrets of app" not in text
+    assert "password of app from --dsn (plain text" in text
+    assert "auth_type = scram-sha-256" in (out / "pgbouncer.ini").read_text()
+    bouncer = make_bouncer(include=out / "pgbouncer.ini")
+    with psycopg.connect(bouncer.conninfo(user="app", password=APP_PW, dbname="postgres"),
+                         prepare_threshold=None, autocommit=True) as conn:
+        assert conn.execute("select current_user").fetchone() == ("app",)
+
+
+def test_missing_role_and_role_without_password(pg: EmbeddedPostgres, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    pg.execute("drop role if exists init_nopw")
+    pg.execute("create role init_nopw login")
+    budget = _budget(tmp_path, "nosuchuser")
+    r = _init(capsys, budget, pg.url, tmp_path / "o")
+    assert r.code == 78, r
+    _one_line(r)
+    assert "role nosuchuser does not exist" in r.err and "superuser" not in r.err
+    assert "'services.s0.user'" in r.err and str(budget) in r.err
+    r = _init(capsys, _budget(tmp_path, "init_nopw"), pg.url, tmp_path / "o")
+    assert r.code == 78, r
+    _one_line(r)
+    assert "role init_nopw has no password" in r.err and "ALTER ROLE init_nopw" in r.err
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize(("option", "value"), [

@@ -1,9 +1,9 @@
 """``pgwarden pgbouncer init | status``: write a transaction-mode PgBouncer sized from a budget,
 and look at a running one.
 
-``init`` exit codes: 0 written, 3 cannot connect, 64 bad option or files exist (without
-``--force``), 74 cannot write, 78 bad budget file. ``status``: 0, or 3 when the admin console
-cannot be reached.
+``init`` exit codes: 0 written, 3 cannot connect, 4 cannot read pg_authid, 64 bad option or
+files exist (without ``--force``), 74 cannot write, 78 bad budget file (or a service's user
+missing or without a password). ``status``: 0, or 3 when the admin console cannot be reached.
 """
 
 from __future__ import annotations
@@ -17,13 +17,14 @@ import click
 import psycopg
 from rich.markup import escape
 
-from ..budget import load_budget, slots_for
+from ..budget import Budget, load_budget, slots_for
 from ..conninfo import connect
-from ..errors import ConfigError, PermissionMissing
-from ..pgbouncer.ini import UnwritableValue, auth_file_text, checked
+from ..errors import ConfigError, ConfigFileError, PermissionMissing
+from ..pgbouncer.ini import UnwritableValue, auth_file_text, checked, secret_kind
 from ..pgbouncer.plan import AUTH_USER, InitPlan, auth_query_sql, make_plan, new_password
 from ..pgbouncer.version import Version, installed_version, parse_given_version
 from ..sources import postgres
+from ..sources.postgres.records import role_sql
 from .options import connect_timeout_option, format_option, resolve_target
 from .output import console, emit_json, report
 
@@ -119,21 +120,10 @@ def init(budget_file: Path, dsn: str, connect_timeout: float, out_dir: Path, aut
                          default_user=target.user, version=version, auth=auth,
                          auth_file=str(out_dir / "userlist.txt"), listen_addr=listen_addr,
                          listen_port=listen_port, admin_user=admin_user)
-        secrets: dict[str, str] = {}
-        if auth == "file":
-            try:
-                secrets = postgres.role_secrets(conn, list(plan.users))
-            except psycopg.errors.InsufficientPrivilege:
-                secrets = {}
-            missing = [u for u in plan.users if u not in secrets]
-            own = _dsn_password(target.conninfo)
-            if missing == [target.user] and own:
-                secrets[target.user] = own
-                missing = []
-            if missing:
-                raise PermissionMissing(
-                    f"cannot read the password verifiers of {', '.join(missing)} (pg_authid "
-                    "needs a superuser): run init with a superuser's --dsn, or --auth query")
+        secrets, held = _secrets(conn, plan, plan_budget, target.user,
+                                 _dsn_password(target.conninfo), auth)
+    if held.get("md5"):
+        plan = plan.with_auth_type("md5")
     files = {"pgbouncer.ini": out_dir / "pgbouncer.ini", "userlist.txt": out_dir / "userlist.txt"}
     if auth == "query":
         files["auth_query.sql"] = out_dir / "auth_query.sql"
@@ -151,9 +141,96 @@ def init(budget_file: Path, dsn: str, connect_timeout: float, out_dir: Path, aut
     _write(files["pgbouncer.ini"], plan.ini(), 0o644)
     with report():
         if fmt == "json":
-            emit_json(_as_dict(plan, files, version_from, target.where))
+            emit_json(_as_dict(plan, files, version_from, target.where, held))
         else:
-            _render(plan, files, version_from, target.where, listen_addr, listen_port)
+            _render(plan, files, version_from, target.where, listen_addr, listen_port, held)
+
+
+def _role_error(budget: Budget, user: str, problem: str) -> ConfigError:
+    """``problem`` with ``user``: a ConfigFileError naming the first service key that names it
+    (exit 78), else a ConfigError about the --dsn's user (exit 64)."""
+    for s in budget.services:
+        if s.user == user and not s.fixed:
+            key = f"services.{s.name}.user"
+            return ConfigFileError(f"{budget.path}: key '{key}': {problem}", path=budget.path,
+                                   key=key)
+    return ConfigError(f"the --dsn's user: {problem}")
+
+
+def _secrets(conn: psycopg.Connection[Any], plan: InitPlan, budget: Budget, dsn_user: str,
+             dsn_password: str | None, auth: str
+             ) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """The auth file's entries for ``plan.users`` (``--auth file``; none for ``query``), and
+    who has which kind of entry (:func:`pgwarden.pgbouncer.ini.secret_kind`; ``dsn`` for the
+    --dsn's own password).
+
+    Raises:
+        ConfigFileError / ConfigError: a user that does not exist, cannot log in or has no
+            password (:func:`_role_error`).
+        PermissionMissing: other users' secrets are needed and the role is no superuser.
+    """
+    users = list(plan.users)
+    roles = postgres.login_roles(conn, users)
+    for u in users:
+        if u not in roles:
+            raise _role_error(budget, u, f"role {u} does not exist on the server: create it "
+                              f"(CREATE ROLE {role_sql(u)} LOGIN PASSWORD '...') or name an "
+                              "existing role")
+        if not roles[u]:
+            raise _role_error(budget, u, f"role {u} may not log in: ALTER ROLE {role_sql(u)} "
+                              "LOGIN, or name a login role")
+    if auth != "file":
+        return {}, {}
+    try:
+        found: dict[str, str | None] | None = postgres.role_secrets(conn, users)
+    except psycopg.errors.InsufficientPrivilege:
+        found = None
+    if found is None:
+        others = [u for u in users if u != dsn_user]
+        if others or not dsn_password:
+            raise PermissionMissing(
+                f"cannot read the password verifiers of {', '.join(others or users)} "
+                f"(pg_authid needs a superuser; {dsn_user} is none): run init with a "
+                "superuser's --dsn, or --auth query")
+        return {dsn_user: dsn_password}, {"dsn": [dsn_user]}
+    secrets: dict[str, str] = {}
+    held: dict[str, list[str]] = {}
+    for u in users:
+        secret = found.get(u)
+        if not secret:
+            raise _role_error(budget, u, f"role {u} has no password, so PgBouncer cannot log "
+                              f"it in: ALTER ROLE {role_sql(u)} PASSWORD '...' (with "
+                              "password_encryption = 'scram-sha-256'), then run init again")
+        secrets[u] = secret
+        held.setdefault(secret_kind(secret), []).append(u)
+    return secrets, held
+
+
+def _held_text(held: dict[str, list[str]]) -> str:
+    """What the auth file holds for the services' users, in words."""
+    parts = []
+    if held.get("scram"):
+        parts.append(f"the SCRAM secrets of {', '.join(held['scram'])}")
+    if held.get("md5"):
+        parts.append(f"the md5 hash of {', '.join(held['md5'])}")
+    if held.get("plain"):
+        parts.append(f"the plain-text password of {', '.join(held['plain'])} (as pg_authid "
+                     "holds it)")
+    if held.get("dsn"):
+        parts.append(f"the password of {', '.join(held['dsn'])} from --dsn (plain text: "
+                     "PgBouncer needs it to log in to PostgreSQL; a superuser's --dsn gives "
+                     "the SCRAM secret instead)")
+    return "; ".join(parts)
+
+
+def _warnings(held: dict[str, list[str]]) -> list[str]:
+    if not held.get("md5"):
+        return []
+    names = ", ".join(held["md5"])
+    return [f"auth_type = md5: PostgreSQL stores the password of {names} as an md5 hash, which "
+            "cannot do SCRAM (PgBouncer still uses SCRAM for the users with a SCRAM secret); "
+            "to use scram-sha-256 throughout: SET password_encryption = 'scram-sha-256'; "
+            f"ALTER ROLE {held['md5'][0]} PASSWORD '...'; then run init again"]
 
 
 def _dsn_password(conninfo: str) -> str | None:
@@ -163,8 +240,8 @@ def _dsn_password(conninfo: str) -> str | None:
     return str(value) if value else None
 
 
-def _as_dict(plan: InitPlan, files: dict[str, Path], version_from: str, where: str
-             ) -> dict[str, Any]:
+def _as_dict(plan: InitPlan, files: dict[str, Path], version_from: str, where: str,
+             held: dict[str, list[str]]) -> dict[str, Any]:
     s = plan.sizing
     return {
         "files": {name: str(path) for name, path in files.items()},
@@ -172,6 +249,9 @@ def _as_dict(plan: InitPlan, files: dict[str, Path], version_from: str, where: s
         "version_from": version_from,
         "server": where,
         "auth": plan.auth,
+        "auth_type": plan.settings["auth_type"],
+        "userlist": {kind: list(users) for kind, users in held.items()},
+        "warnings": _warnings(held),
         "settings": {k: v for k, v in plan.settings.items()},
         "databases": {k: dict(v) for k, v in plan.databases.items()},
         "sizing": {"server_slots": s.server_slots, "max_db_connections": s.max_db_connections,
@@ -191,16 +271,19 @@ def _as_dict(plan: InitPlan, files: dict[str, Path], version_from: str, where: s
 
 
 def _render(plan: InitPlan, files: dict[str, Path], version_from: str, where: str,
-            listen_addr: str, listen_port: int) -> None:
+            listen_addr: str, listen_port: int, held: dict[str, list[str]]) -> None:
     out = console()
     s = plan.sizing
     out.print(f"[bold]wrote[/] {escape(str(files['pgbouncer.ini']))} for PgBouncer "
               f"{plan.version} ({escape(version_from)}), transaction mode, in front of "
               f"{escape(where)}")
     if plan.auth == "file":
-        out.print(f"[bold]wrote[/] {escape(str(files['userlist.txt']))} (mode 0600): the SCRAM "
-                  f"secrets of {escape(', '.join(plan.users))} and a new password for "
-                  f"{escape(plan.admin_user)} (read it there; it is never printed)")
+        out.print(f"[bold]wrote[/] {escape(str(files['userlist.txt']))} (mode 0600): "
+                  f"{escape(_held_text(held))}; and a new password for "
+                  f"{escape(plan.admin_user)} (read it there; it is never printed); "
+                  f"auth_type = {plan.settings['auth_type']}")
+        for warning in _warnings(held):
+            out.print(f"[yellow]warning: {escape(warning)}[/]")
     else:
         out.print(f"[bold]wrote[/] {escape(str(files['auth_query.sql']))} (mode 0600): run it "
                   "as a superuser in every database PgBouncer serves; "

@@ -25,7 +25,7 @@ import secrets
 from collections.abc import Mapping
 
 __all__ = ["IniValue", "UnwritableValue", "auth_file_text", "checked", "db_entry", "ini_text",
-           "scram_secret"]
+           "scram_secret", "secret_kind"]
 
 IniValue = str | int | float | bool
 
@@ -191,6 +191,19 @@ def auth_file_text(entries: Mapping[str, str]) -> str:
         checked(user, what="user name", kind="name")
         checked(secret, what=f"the password or secret of {user}", secret=True)
     return "".join(f"{q(user)} {q(secret)}\n" for user, secret in entries.items())
+
+
+_MD5_HASH = re.compile(r"^md5[0-9a-f]{32}$")
+
+
+def secret_kind(secret: str) -> str:
+    """What an auth file entry holds: ``scram`` (a ``SCRAM-SHA-256$...`` secret), ``md5`` (an
+    ``md5...`` hash: PgBouncer needs ``auth_type = md5`` for it) or ``plain`` (a password)."""
+    if secret.startswith("SCRAM-SHA-256$"):
+        return "scram"
+    if _MD5_HASH.match(secret):
+        return "md5"
+    return "plain"
 
 
 def scram_secret(password: str, *, salt: bytes | None = None, iterations: int = 4096) -> str:

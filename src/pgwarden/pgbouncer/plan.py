@@ -18,6 +18,7 @@ PgBouncer's default (pgbouncer(5)):
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from .version import Version
 __all__ = [
     "AUTH_FUNCTION",
     "AUTH_QUERY",
+    "AUTH_TYPE_COMMENTS",
     "AUTH_USER",
     "InitPlan",
     "ServiceDrivers",
@@ -46,6 +48,16 @@ __all__ = [
 AUTH_USER = "pgbouncer_auth"
 AUTH_FUNCTION = "pgbouncer.user_lookup"
 AUTH_QUERY = f"SELECT uname, phash FROM {AUTH_FUNCTION}($1)"
+
+
+#: Why each ``auth_type`` (the comment above it in pgbouncer.ini).
+AUTH_TYPE_COMMENTS = {
+    "scram-sha-256": "clients log in with SCRAM; the same secrets log PgBouncer in to "
+                     "PostgreSQL",
+    "md5": "the auth file holds md5 hashes (roles whose password PostgreSQL stored as md5); "
+           "users with a SCRAM secret still log in with SCRAM. Re-set those passwords with "
+           "password_encryption = 'scram-sha-256' and run init again to use scram-sha-256",
+}
 
 
 def driver_of(pool: Pool) -> str:
@@ -94,6 +106,15 @@ class InitPlan:
     auth: str
     drivers: tuple[ServiceDrivers, ...]
     caveats: tuple[str, ...] = field(default_factory=tuple)
+
+    def with_auth_type(self, auth_type: str) -> InitPlan:
+        """This plan with ``auth_type`` ``scram-sha-256`` or ``md5`` (for an auth file holding
+        md5 hashes: PgBouncer uses SCRAM with every user whose secret is a SCRAM one)."""
+        if auth_type not in AUTH_TYPE_COMMENTS:
+            raise ValueError(f"auth_type must be one of {', '.join(AUTH_TYPE_COMMENTS)}")
+        return dataclasses.replace(
+            self, settings={**self.settings, "auth_type": auth_type},
+            comments={**self.comments, "auth_type": AUTH_TYPE_COMMENTS[auth_type]})
 
     def ini(self) -> str:
         """The ``pgbouncer.ini`` text."""
@@ -191,8 +212,7 @@ def make_plan(
         "server_idle_timeout": "give idle server connections back within a minute "
                                "(default 600)",
         "query_wait_timeout": "fail a client after 30 s without a server (default 120)",
-        "auth_type": "clients log in with SCRAM; the same secrets log PgBouncer in to "
-                     "PostgreSQL",
+        "auth_type": AUTH_TYPE_COMMENTS["scram-sha-256"],
     }
     if auth == "query":
         settings["auth_user"] = AUTH_USER

@@ -24,6 +24,7 @@ from .records import (
 )
 from .snapshot import (
     application_counts,
+    login_roles,
     new_sessions,
     read_server,
     read_settings,
@@ -46,6 +47,7 @@ __all__ = [
     "application_counts",
     "group_sessions",
     "hidden_hint",
+    "login_roles",
     "new_sessions",
     "read_server",
     "read_settings",
