@@ -4,6 +4,8 @@ quirks, and no PgBouncer where no server slots remain. Logins go through a real 
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -143,6 +145,45 @@ def test_the_writers_refuse_line_breaks_in_any_value() -> None:
     with pytest.raises(ValueError, match="secret of app") as info:
         auth_file_text({"app": "pw\nevil"})
     assert "pw" not in str(info.value).replace("password", "")
+
+
+def test_out_quirks(pg: EmbeddedPostgres, tmp_path: Path,
+                    capsys: pytest.CaptureFixture[str]) -> None:
+    budget = _budget(tmp_path, "postgres")
+    # a missing parent is refused (a typo must not scatter secrets), nothing is created
+    r = _init(capsys, budget, pg.url, tmp_path / "nonexistent" / "dir")
+    assert r.code == 64, r
+    _one_line(r)
+    assert "does not exist" in r.err and not (tmp_path / "nonexistent").exists()
+    # not a directory
+    r = _init(capsys, budget, pg.url, Path("/dev/full"))
+    assert r.code == 64 and "not a directory" in r.err and "File exists" not in r.err
+    # a missing last directory is created, 0700
+    out = tmp_path / "new"
+    r = _init(capsys, budget, pg.url, out)
+    assert r.code == 0, r
+    assert oct(stat.S_IMODE(os.stat(out).st_mode)) == "0o700"
+    assert f"created {out} (mode 0700)" in " ".join(r.out.split())
+    if os.geteuid() == 0:
+        assert "chown" in r.out
+    # a dangling symlink counts as existing; one file "exists"
+    (out / "pgbouncer.ini").unlink()
+    (out / "userlist.txt").unlink()
+    (out / "pgbouncer.ini").symlink_to(tmp_path / "nowhere")
+    r = _init(capsys, budget, pg.url, out)
+    assert r.code == 64, r
+    assert f"{out / 'pgbouncer.ini'} exists;" in r.err and "--force" in r.err
+
+
+def test_init_refuses_when_no_server_slots_remain(pg: EmbeddedPostgres, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    budget = _budget(tmp_path, "postgres",
+                     extra='[services.cron]\nkind = "fixed"\nconnections = 1000\n')
+    r = _init(capsys, budget, pg.url, tmp_path / "o")
+    assert r.code == 78, r
+    _one_line(r)
+    assert "no PgBouncer fits" in r.err and str(budget) in r.err
+    assert not (tmp_path / "o").exists()
 
 
 def test_a_budget_name_that_cannot_be_written_is_78(pg: EmbeddedPostgres, tmp_path: Path,

@@ -108,18 +108,26 @@ def init(budget_file: Path, dsn: str, connect_timeout: float, out_dir: Path, aut
     what each service's driver needs behind this PgBouncer. No password is ever printed."""
     plan_budget = load_budget(budget_file)
     version, version_from = _version(pgbouncer_version)
+    out_dir = out_dir.resolve()
+    _check_out(out_dir)
     target = resolve_target(dsn, command="pgbouncer-init", connect_timeout=connect_timeout)
     with connect(target) as conn:
         settings = postgres.read_settings(conn)
         slots = slots_for(plan_budget, max_connections=settings.max_connections,
                           superuser_reserved_connections=settings.superuser_reserved_connections,
                           reserved_connections=settings.reserved_connections, source="server")
-        out_dir = out_dir.resolve()
         plan = make_plan(plan_budget, slots, server_host=target.host or "127.0.0.1",
                          server_port=target.port, default_database=target.dbname,
                          default_user=target.user, version=version, auth=auth,
                          auth_file=str(out_dir / "userlist.txt"), listen_addr=listen_addr,
                          listen_port=listen_port, admin_user=admin_user)
+        if not plan.sizing.fits:
+            raise ConfigFileError(
+                f"{budget_file}: no PgBouncer fits: {plan.sizing.server_slots} server slots "
+                "remain after the headroom and the connections of the direct consumers (fixed "
+                "services), and PgBouncer needs at least one per database; lower "
+                "server.headroom or the fixed consumers, or raise max_connections",
+                path=str(budget_file))
         secrets, held = _secrets(conn, plan, plan_budget, target.user,
                                  _dsn_password(target.conninfo), auth)
     if held.get("md5"):
@@ -127,10 +135,14 @@ def init(budget_file: Path, dsn: str, connect_timeout: float, out_dir: Path, aut
     files = {"pgbouncer.ini": out_dir / "pgbouncer.ini", "userlist.txt": out_dir / "userlist.txt"}
     if auth == "query":
         files["auth_query.sql"] = out_dir / "auth_query.sql"
-    existing = [str(p) for p in files.values() if p.exists()]
+    existing = [str(p) for p in files.values() if os.path.lexists(p)]
     if existing and not force:
-        raise ConfigError(f"{', '.join(existing)} exist; give --force to replace them")
-    out_dir.mkdir(parents=True, exist_ok=True)
+        raise ConfigError(f"{', '.join(existing)} {'exists' if len(existing) == 1 else 'exist'}"
+                          "; give --force to replace them")
+    created = not out_dir.exists()
+    if created:
+        out_dir.mkdir(mode=0o700)
+        os.chmod(out_dir, 0o700)  # whatever the umask
     entries = dict(secrets)
     if auth == "query":
         auth_password = new_password()
@@ -141,9 +153,27 @@ def init(budget_file: Path, dsn: str, connect_timeout: float, out_dir: Path, aut
     _write(files["pgbouncer.ini"], plan.ini(), 0o644)
     with report():
         if fmt == "json":
-            emit_json(_as_dict(plan, files, version_from, target.where, held))
+            emit_json({**_as_dict(plan, files, version_from, target.where, held),
+                       "created_dir": str(out_dir) if created else None})
         else:
+            if created:
+                console().print(f"[bold]created[/] {escape(str(out_dir))} (mode 0700)")
             _render(plan, files, version_from, target.where, listen_addr, listen_port, held)
+
+
+def _check_out(out_dir: Path) -> None:
+    """``--out`` must be a directory, or one that init can create: only the last directory is
+    created (mode 0700), so that a typo does not scatter secrets over new directories.
+
+    Raises:
+        ConfigError: not a directory, or its parent does not exist.
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir} is not a directory: give the directory to write "
+                          "pgbouncer.ini and userlist.txt in")
+    if not out_dir.exists() and not out_dir.parent.is_dir():
+        raise ConfigError(f"--out {out_dir}: {out_dir.parent} does not exist; create it first "
+                          "(init creates only the last directory, mode 0700)")
 
 
 def _role_error(budget: Budget, user: str, problem: str) -> ConfigError:
@@ -294,8 +324,16 @@ def _render(plan: InitPlan, files: dict[str, Path], version_from: str, where: st
               f"{s.max_db_connections} ({s.server_slots} server slots after the headroom and "
               f"the direct consumers); client connections: max_client_conn {s.max_client_conn} "
               f"(the services' pools: {s.client_connections})")
-    out.print(f"start it: pgbouncer {escape(str(files['pgbouncer.ini']))}  (as a non-root "
-              f"user); point the services at {listen_addr}:{listen_port}")
+    ini = escape(str(files["pgbouncer.ini"]))
+    if os.geteuid() == 0:
+        owned = " ".join(escape(str(p)) for p in files.values())
+        out.print(f"start it as the user that runs pgbouncer (it refuses to run as root), "
+                  f"which must own the files (userlist.txt is 0600): chown USER {owned} "
+                  f"(USER: postgres with Debian's and Ubuntu's package), then pgbouncer {ini}; "
+                  f"point the services at {listen_addr}:{listen_port}")
+    else:
+        out.print(f"start it: pgbouncer {ini}  (as this user: the files are yours, 0600); "
+                  f"point the services at {listen_addr}:{listen_port}")
     out.print("[bold]what each service's driver needs behind it:[/]")
     for d in plan.drivers:
         if d.direct:
