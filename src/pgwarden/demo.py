@@ -305,7 +305,7 @@ class Demo:
                           reserved_connections=settings.reserved_connections)
         with tempfile.TemporaryDirectory(prefix="pgwarden-demo-") as tmp:
             auth = Path(tmp) / "userlist.txt"
-            auth.write_text(auth_file_text(secrets))
+            auth.write_text(auth_file_text({u: v for u, v in secrets.items() if v}))
             os.chmod(auth, 0o600)
             plan = make_plan(budget, slots, server_host=self.pg.host, server_port=self.pg.port,
                              default_database="postgres", default_user="app",

@@ -144,7 +144,11 @@ class _Reader(TableReader):
             apps = t["applications"]
             if isinstance(apps, str):
                 apps = [apps]
-            if not isinstance(apps, list) or not apps or not all(
+            if isinstance(apps, list) and not apps:
+                raise self.fail(f"{key}.applications", "the list is empty; give at least one "
+                                "application_name pattern (like ['worker-*']), or leave the "
+                                "key out to match the service's name")
+            if not isinstance(apps, list) or not all(
                     isinstance(a, str) and 0 < len(a) <= 200 for a in apps):
                 raise self.fail(f"{key}.applications", "expected an application_name pattern "
                                 f"or a list of them (like ['worker-*']), got {kind_of(apps)}")
@@ -152,7 +156,12 @@ class _Reader(TableReader):
         for opt in ("database", "user"):
             if opt in t:
                 kwargs[opt] = self.name(t[opt], f"{key}.{opt}")
-        return Service(name=name, pools=pools, **kwargs)
+        service = Service(name=name, pools=pools, **kwargs)
+        if service.worst_case > MAX_COUNT:
+            raise self.fail(key, f"its worst case, replicas x processes x pools = "
+                            f"{service.worst_case:,} connections, is more than "
+                            f"{MAX_COUNT:,}: a typo?")
+        return service
 
     def budget(self, data: object) -> Budget:
         t = self.table(data, "", _TOP_KEYS)
@@ -167,11 +176,28 @@ class _Reader(TableReader):
                     kwargs[opt] = self.count(s[opt], f"server.{opt}", 0)
             if "headroom" in s:
                 kwargs["headroom"] = self.headroom(s["headroom"], "server.headroom")
-        services = t.get("services", {})
+                kwargs["headroom_set"] = True
+            mc = kwargs.get("max_connections")
+            su = kwargs.get("superuser_reserved_connections", 3)
+            rc = kwargs.get("reserved_connections", 0)
+            if mc is not None and su + rc >= mc:
+                raise self.fail("server.superuser_reserved_connections",
+                                f"superuser_reserved_connections ({su}) + reserved_connections "
+                                f"({rc}) must be less than max_connections ({mc}); PostgreSQL "
+                                "refuses to start otherwise")
+        if "services" not in t or t["services"] == {}:
+            raise self.fail("services", "no services declared: add one [services.NAME] table "
+                            "per service (docs/budget.md); to only see who uses the server, "
+                            "run `pgwarden budget --dsn DSN` without a file")
+        services = t["services"]
         if not isinstance(services, Mapping):
             raise self.fail("services", "expected tables like [services.api], got "
                             f"{kind_of(services)}")
         kwargs["services"] = tuple(self.service(str(n), v) for n, v in services.items())
+        total = sum(s.worst_case for s in kwargs["services"])
+        if total > MAX_COUNT:
+            raise self.fail("services", f"the services' worst cases add up to {total:,} "
+                            f"connections, more than {MAX_COUNT:,}: a typo?")
         return Budget(**kwargs)
 
 

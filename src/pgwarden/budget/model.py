@@ -230,6 +230,7 @@ class Budget:
     Attributes:
         headroom: ``(value, is_fraction)``: slots, or a fraction of the usable slots; turned
             into slots by :func:`pgwarden.budget.rules.slots_for`.
+        headroom_set: the file gave the headroom (then it must leave a slot available).
         path: the file it came from (for messages).
     """
 
@@ -239,3 +240,4 @@ class Budget:
     reserved_connections: int = 0
     headroom: tuple[float, bool] = (0.1, True)
     path: str = ""
+    headroom_set: bool = False

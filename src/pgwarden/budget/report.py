@@ -60,7 +60,7 @@ def as_dict(report: BudgetReport) -> dict[str, Any]:
         "services": [_line(s) for s in report.services],
         "observation": None if obs is None else {
             "seconds": obs.seconds, "polls": obs.polls, "total_peak": obs.total_peak,
-            "peaks": dict(obs.peaks)},
+            "peaks": dict(obs.peaks), "hidden_peak": obs.hidden_peak, "hint": obs.hint},
         "pgbouncer": {
             "pool_mode": pgb.pool_mode,
             "server_slots": pgb.server_slots,
@@ -119,6 +119,9 @@ def render(console: Console, report: BudgetReport) -> None:
         o = report.observation
         console.print(f"observed over {o.seconds:g} s ({o.polls} looks): at most "
                       f"{o.total_peak} client sessions at once")
+        if o.hint:
+            console.print(f"[yellow]{escape(o.hint)} (counted by their application_name; "
+                          "their state is unknown)[/]")
     if report.verdict == "over":
         if report.sizing_fits:
             total = sum(s.allocated for s in report.services)
@@ -127,7 +130,14 @@ def render(console: Console, report: BudgetReport) -> None:
         else:
             console.print("[bold red]no pool sizes fit[/]: even one connection per pool per "
                           "process exceeds the available slots")
-    if report.verdict == "over" or not report.sizing_fits:
+    if (report.verdict == "over" or not report.sizing_fits) and not report.pgbouncer.fits:
+        p = report.pgbouncer
+        console.print(
+            f"[bold red]no PgBouncer fits[/]: {p.server_slots} server slots remain after the "
+            f"headroom and the {report.fixed_total} connections that stay direct (fixed "
+            "consumers, undeclared applications), and PgBouncer needs at least one per "
+            "database; lower the headroom or the fixed consumers, or raise max_connections")
+    elif report.verdict == "over" or not report.sizing_fits:
         p = report.pgbouncer
         console.print(
             f"[bold]PgBouncer that fits[/] (pool_mode = {p.pool_mode}): max_client_conn = "

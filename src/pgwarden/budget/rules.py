@@ -28,6 +28,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from ..errors import ConfigFileError
 from .model import Budget, Pool, ServerSlots, Service
 
 __all__ = [
@@ -60,12 +61,17 @@ class Observation:
         total_peak: the most client sessions seen at once, all applications together.
         seconds: how long it sampled.
         polls: how many looks it took.
+        hidden_peak: the most sessions seen at once whose details the role may not see
+            (counted in ``peaks`` by their application_name).
+        hint: what to do about them (``GRANT pg_monitor TO role;``), or ``""``.
     """
 
     peaks: Mapping[str, int] = field(default_factory=dict)
     total_peak: int = 0
     seconds: float = 0.0
     polls: int = 0
+    hidden_peak: int = 0
+    hint: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,18 +178,29 @@ def slots_for(budget: Budget, *, max_connections: int | None = None,
     file's headroom turned into slots.
 
     Raises:
-        ValueError: neither the file nor a server gives max_connections.
+        ConfigFileError: neither the file nor a server gives max_connections, or the file's
+            headroom leaves no slot available (names the file and the key).
     """
     mc = max_connections if max_connections is not None else budget.max_connections
     if mc is None:
-        raise ValueError("max_connections is unknown: give [server] max_connections in the "
-                         "budget file, or --dsn to read it from the server")
+        raise ConfigFileError(
+            f"{budget.path}: key 'server.max_connections': missing; give it in the budget "
+            "file, or --dsn DSN to read it from the server",
+            path=budget.path, key="server.max_connections")
     su = (superuser_reserved_connections if superuser_reserved_connections is not None
           else budget.superuser_reserved_connections)
     rc = reserved_connections if reserved_connections is not None else budget.reserved_connections
     usable = max(0, mc - su - rc)
     value, fraction = budget.headroom
     headroom = math.ceil(usable * value - 1e-9) if fraction else int(value)
+    if budget.headroom_set and headroom >= usable:
+        given = f"'{value * 100:g}%'" if fraction else f"{int(value)}"
+        of = f" ({headroom} slots)" if fraction else ""
+        raise ConfigFileError(
+            f"{budget.path}: key 'server.headroom': {given}{of} of the {usable} usable slots "
+            f"({'the server' if source == 'server' else 'the file'}: max_connections {mc} - "
+            f"reserved {su + rc}) leaves none available for the services; give a smaller "
+            "headroom (like '10%' or 5)", path=budget.path, key="server.headroom")
     return ServerSlots(max_connections=mc, superuser_reserved_connections=su,
                        reserved_connections=rc, headroom=min(headroom, usable), source=source)
 

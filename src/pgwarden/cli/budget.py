@@ -9,13 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from ..budget import Budget, evaluate, load_budget, slots_for
 from ..budget.discover import observe
 from ..budget.report import as_dict, render
 from ..budget.rules import Observation
 from ..conninfo import connect
-from ..errors import ConfigFileError
 from .boundary import EXIT
 from .options import connect_timeout_option, format_option, resolve_target
 from .output import console, emit_json, report
@@ -43,10 +43,13 @@ def budget(ctx: click.Context, budget_file: Path | None, dsn: str | None,
     the PgBouncer configuration that fits where no sizes can. BUDGET_FILE: docs/budget.md.
 
     Exit code: 0 fits (up to 80 % of the available slots), 1 tight (up to 100 %), 2 over,
-    3 cannot connect, 78 bad budget file."""
+    3 cannot connect, 64 bad option (--sample without --dsn), 78 bad budget file."""
     if budget_file is None and dsn is None:
         raise click.UsageError("give a BUDGET_FILE, --dsn DSN to discover from a live server, "
                                "or both")
+    if dsn is None and ctx.get_parameter_source("sample") is not ParameterSource.DEFAULT:
+        raise click.UsageError("--sample watches a live server: give --dsn DSN with it, or "
+                               "leave --sample out to judge the file alone")
     plan = load_budget(budget_file) if budget_file is not None else Budget(services=())
     source = str(budget_file) if budget_file is not None else ""
     observation: Observation | None = None
@@ -61,13 +64,7 @@ def budget(ctx: click.Context, budget_file: Path | None, dsn: str | None,
                           superuser_reserved_connections=settings.superuser_reserved_connections,
                           reserved_connections=settings.reserved_connections, source="server")
     else:
-        try:
-            slots = slots_for(plan)
-        except ValueError:
-            raise ConfigFileError(
-                f"{budget_file}: key 'server.max_connections': missing; give it in the "
-                "budget file, or --dsn DSN to read it from the server",
-                path=str(budget_file), key="server.max_connections") from None
+        slots = slots_for(plan)
     result = evaluate(plan, slots, observation, default_database=database, source=source)
     with report():
         if fmt == "json":

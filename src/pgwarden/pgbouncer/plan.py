@@ -18,19 +18,22 @@ PgBouncer's default (pgbouncer(5)):
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ..budget.model import Budget, Pool, ServerSlots
 from ..budget.rules import PgBouncerSizing, pgbouncer_sizing
+from ..errors import ConfigError, ConfigFileError
 from .drivers import TRANSACTION_MODE_CAVEATS, DriverAdvice, advice
-from .ini import IniValue, ini_text, scram_secret
+from .ini import IniValue, UnwritableValue, checked, ini_text, scram_secret
 from .version import Version
 
 __all__ = [
     "AUTH_FUNCTION",
     "AUTH_QUERY",
+    "AUTH_TYPE_COMMENTS",
     "AUTH_USER",
     "InitPlan",
     "ServiceDrivers",
@@ -45,6 +48,16 @@ __all__ = [
 AUTH_USER = "pgbouncer_auth"
 AUTH_FUNCTION = "pgbouncer.user_lookup"
 AUTH_QUERY = f"SELECT uname, phash FROM {AUTH_FUNCTION}($1)"
+
+
+#: Why each ``auth_type`` (the comment above it in pgbouncer.ini).
+AUTH_TYPE_COMMENTS = {
+    "scram-sha-256": "clients log in with SCRAM; the same secrets log PgBouncer in to "
+                     "PostgreSQL",
+    "md5": "the auth file holds md5 hashes (roles whose password PostgreSQL stored as md5); "
+           "users with a SCRAM secret still log in with SCRAM. Re-set those passwords with "
+           "password_encryption = 'scram-sha-256' and run init again to use scram-sha-256",
+}
 
 
 def driver_of(pool: Pool) -> str:
@@ -94,6 +107,15 @@ class InitPlan:
     drivers: tuple[ServiceDrivers, ...]
     caveats: tuple[str, ...] = field(default_factory=tuple)
 
+    def with_auth_type(self, auth_type: str) -> InitPlan:
+        """This plan with ``auth_type`` ``scram-sha-256`` or ``md5`` (for an auth file holding
+        md5 hashes: PgBouncer uses SCRAM with every user whose secret is a SCRAM one)."""
+        if auth_type not in AUTH_TYPE_COMMENTS:
+            raise ValueError(f"auth_type must be one of {', '.join(AUTH_TYPE_COMMENTS)}")
+        return dataclasses.replace(
+            self, settings={**self.settings, "auth_type": auth_type},
+            comments={**self.comments, "auth_type": AUTH_TYPE_COMMENTS[auth_type]})
+
     def ini(self) -> str:
         """The ``pgbouncer.ini`` text."""
         header = (f"pgbouncer.ini written by `pgwarden pgbouncer init` for PgBouncer "
@@ -136,12 +158,18 @@ def make_plan(
             consumers).
 
     Raises:
-        ValueError: an unknown auth mode, or a port out of range.
+        ConfigFileError: a user or database name from the budget file cannot be written into
+            PgBouncer's files (names the file and the key).
+        ConfigError: an argument that cannot be written (:func:`~pgwarden.pgbouncer.ini.checked`),
+            an unknown auth mode, or a port out of range.
     """
     if auth not in ("file", "query"):
         raise ValueError(f"auth must be 'file' or 'query', got {auth!r}")
     if not 1 <= listen_port <= 65535:
         raise ValueError(f"listen_port must be 1-65535, got {listen_port}")
+    _check_writable(budget, server_host=server_host, default_database=default_database,
+                    default_user=default_user, listen_addr=listen_addr, admin_user=admin_user,
+                    auth_file=auth_file)
     if direct is None:
         direct = sum(s.worst_case for s in budget.services if s.fixed)
     sizing = pgbouncer_sizing(budget, slots, direct=direct, default_database=default_database)
@@ -184,8 +212,7 @@ def make_plan(
         "server_idle_timeout": "give idle server connections back within a minute "
                                "(default 600)",
         "query_wait_timeout": "fail a client after 30 s without a server (default 120)",
-        "auth_type": "clients log in with SCRAM; the same secrets log PgBouncer in to "
-                     "PostgreSQL",
+        "auth_type": AUTH_TYPE_COMMENTS["scram-sha-256"],
     }
     if auth == "query":
         settings["auth_user"] = AUTH_USER
@@ -212,6 +239,38 @@ def make_plan(
         version=version, sizing=sizing, settings=settings, comments=comments,
         databases=databases, users=tuple(users), admin_user=admin_user, auth=auth,
         drivers=tuple(drivers), caveats=TRANSACTION_MODE_CAVEATS)
+
+
+def _check_writable(budget: Budget, *, server_host: str, default_database: str,
+                    default_user: str, listen_addr: str, admin_user: str,
+                    auth_file: str) -> None:
+    """Every value :func:`make_plan` will write, through the one check the writers make
+    (:func:`~pgwarden.pgbouncer.ini.checked`), before anything is written: a budget file's
+    value is a ConfigFileError naming the file and key, any other a ConfigError."""
+    given: list[tuple[str, str, str]] = [
+        (server_host, "the server's host", "text"),
+        (default_database, "the --dsn's database", "name"),
+        (default_user, "the --dsn's user", "name"),
+        (listen_addr, "listen_addr", "addresses"),
+        (admin_user, "admin_user", "name"),
+        (auth_file, "auth_file", "text"),
+    ]
+    for value, what, kind in given:
+        try:
+            checked(value, what=what, kind=kind)
+        except UnwritableValue as exc:
+            raise ConfigError(str(exc)) from None
+    for s in budget.services:
+        for opt in ("database", "user"):
+            value = getattr(s, opt)
+            if value is None:
+                continue
+            key = f"services.{s.name}.{opt}"
+            try:
+                checked(value, what=key, kind="name")
+            except UnwritableValue as exc:
+                raise ConfigFileError(f"{budget.path}: key '{key}': {exc.problem}",
+                                      path=budget.path, key=key) from None
 
 
 def auth_query_sql(password: str, *, salt: bytes | None = None) -> str:

@@ -14,7 +14,8 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
-__all__ = ["Version", "find_binary", "installed_version", "parse_version"]
+__all__ = ["Version", "find_binary", "installed_version", "parse_given_version",
+           "parse_version"]
 
 _VERSION_RE = re.compile(r"(?:PgBouncer\s+)?(\d+)\.(\d+)(?:\.(\d+))?", re.IGNORECASE)
 
@@ -48,6 +49,24 @@ def parse_version(text: str) -> Version:
     if not m:
         raise ValueError(f"not a PgBouncer version: {text[:80]!r}")
     return Version(int(m.group(1)), int(m.group(2)), int(m.group(3) or 0))
+
+
+_GIVEN_RE = re.compile(r"^\s*(\d{1,3})\.(\d{1,3})(?:\.(\d{1,3}))?\s*$")
+
+
+def parse_given_version(text: str) -> Version:
+    """A version a user names (``1.22``, ``1.22.1``): nothing but the number, 1.0 or later
+    (PgBouncer's first release was 1.0).
+
+    Raises:
+        ValueError: anything else.
+    """
+    m = _GIVEN_RE.match(text or "")
+    version = Version(int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)) if m else None
+    if version is None or version < Version(1, 0):
+        raise ValueError(f"expected a PgBouncer version like 1.22 or 1.22.1 (1.0 or later), "
+                         f"got {text[:80]!r}")
+    return version
 
 
 def find_binary() -> str | None:

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..guard.policy import Protection, protected
 from ..sources.holders import HolderJoin
-from ..sources.postgres.records import IDLE, Session, Snapshot, role_sql
+from ..sources.postgres.records import IDLE, Session, Snapshot, hidden_hint
 
 __all__ = [
     "FILTER_FIELDS",
@@ -218,10 +218,7 @@ def build_frame(snap: Snapshot, view: View | None = None,
     present.extend(r for r in shown if key(r) is None)
     counts = Counter(r.state for r in rows)
     hidden = snap.hidden_sessions
-    hint = ""
-    if hidden and not snap.server.sees_all_sessions:
-        hint = (f"{hidden} sessions of other roles are hidden from {snap.server.role}: "
-                f"GRANT pg_monitor TO {role_sql(snap.server.role)};")
+    hint = hidden_hint(hidden, snap.server)
     return Frame(
         taken_at=snap.taken_at, version=snap.server.version, role=snap.server.role,
         used_slots=snap.used_slots, usable_slots=snap.usable_slots, usage=snap.usage,

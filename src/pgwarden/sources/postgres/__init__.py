@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from .records import (
     ActivitySummary,
+    ApplicationCounts,
     ClientBrief,
     Notable,
     Server,
@@ -19,9 +20,11 @@ from .records import (
     Settings,
     Snapshot,
     group_sessions,
+    hidden_hint,
 )
 from .snapshot import (
     application_counts,
+    login_roles,
     new_sessions,
     read_server,
     read_settings,
@@ -32,6 +35,7 @@ from .snapshot import (
 
 __all__ = [
     "ActivitySummary",
+    "ApplicationCounts",
     "ClientBrief",
     "Notable",
     "Server",
@@ -42,6 +46,8 @@ __all__ = [
     "Snapshot",
     "application_counts",
     "group_sessions",
+    "hidden_hint",
+    "login_roles",
     "new_sessions",
     "read_server",
     "read_settings",

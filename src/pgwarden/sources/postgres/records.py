@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -24,6 +24,7 @@ from psycopg import sql
 
 __all__ = [
     "ActivitySummary",
+    "ApplicationCounts",
     "ClientBrief",
     "Notable",
     "Server",
@@ -33,10 +34,22 @@ __all__ = [
     "Settings",
     "Snapshot",
     "group_sessions",
+    "hidden_hint",
     "role_sql",
 ]
 
 _PLAIN_IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+
+def hidden_hint(hidden: int, server: Server) -> str:
+    """What to do about ``hidden`` client sessions whose details ``server.role`` may not see
+    (``N sessions of other roles are hidden from ROLE: GRANT pg_monitor TO ROLE;``), or ``""``
+    when there are none or the role sees every session. One text for every command that says
+    it (top, budget)."""
+    if not hidden or server.sees_all_sessions:
+        return ""
+    return (f"{hidden} sessions of other roles are hidden from {server.role}: "
+            f"GRANT pg_monitor TO {role_sql(server.role)};")
 
 
 def role_sql(role: str) -> str:
@@ -304,6 +317,16 @@ class Server:
     @property
     def sees_all_sessions(self) -> bool:
         return self.is_superuser or self.has_pg_monitor
+
+
+@dataclass(frozen=True, slots=True)
+class ApplicationCounts:
+    """Client sessions per ``application_name`` at one look (``""``: none), those of other
+    roles whose details the connected role may not see included (``application_name`` is
+    visible to every role; ``hidden`` counts them)."""
+
+    sessions: Mapping[str, int]
+    hidden: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ from .queries import load
 from .queries import query as _q
 from .records import (
     ActivitySummary,
+    ApplicationCounts,
     ClientBrief,
     Notable,
     Server,
@@ -33,6 +34,7 @@ from .records import (
 __all__ = [
     "SETTING_NAMES",
     "application_counts",
+    "login_roles",
     "new_sessions",
     "role_secrets",
     "take",
@@ -256,17 +258,20 @@ def new_sessions(conn: psycopg.Connection[Any], since: dt.datetime) -> dict[int,
     return {r["pid"]: r["application_name"] or "" for r in rows.fetchall()}
 
 
-def application_counts(conn: psycopg.Connection[Any]) -> dict[str, int]:
+def application_counts(conn: psycopg.Connection[Any]) -> ApplicationCounts:
     """Client sessions per ``application_name`` now (``""`` for none), pgwarden's own session
-    left out: one cheap query, polled while ``pgwarden budget --sample`` watches for peaks."""
+    left out, those hidden from a role without ``pg_monitor`` included and counted: one cheap
+    query, polled while ``pgwarden budget --sample`` watches for peaks."""
     cur = conn.cursor(row_factory=dict_row)
     rows = cur.execute(_q("get_application_counts", conn.info.server_version)).fetchall()
-    return {r["application"]: int(r["sessions"]) for r in rows}
+    return ApplicationCounts(sessions={r["application"]: int(r["sessions"]) for r in rows},
+                             hidden=sum(int(r["hidden"]) for r in rows))
 
 
-def role_secrets(conn: psycopg.Connection[Any], names: list[str]) -> dict[str, str]:
-    """``{role: password verifier}`` (``pg_authid.rolpassword``: SCRAM secrets or md5 hashes)
-    of the login roles in ``names``; never logged or printed.
+def role_secrets(conn: psycopg.Connection[Any], names: list[str]) -> dict[str, str | None]:
+    """``{role: password verifier}`` (``pg_authid.rolpassword``: SCRAM secrets or md5 hashes;
+    ``None``: the role has no password) of the roles in ``names`` that exist; never logged or
+    printed.
 
     Raises:
         psycopg.errors.InsufficientPrivilege: the role is not a superuser (pg_authid).
@@ -275,3 +280,11 @@ def role_secrets(conn: psycopg.Connection[Any], names: list[str]) -> dict[str, s
     rows = cur.execute(_q("get_role_secrets", conn.info.server_version),
                        {"names": names}).fetchall()
     return {r["name"]: r["secret"] for r in rows}
+
+
+def login_roles(conn: psycopg.Connection[Any], names: list[str]) -> dict[str, bool]:
+    """``{role: may log in}`` for the roles in ``names`` that exist (any role may ask)."""
+    cur = conn.cursor(row_factory=dict_row)
+    rows = cur.execute(_q("get_login_roles", conn.info.server_version),
+                       {"names": names}).fetchall()
+    return {r["name"]: bool(r["can_login"]) for r in rows}
