@@ -541,5 +541,5 @@ async def test_a_returned_connection_says_why_it_is_discarded(
         await p.putconn(closed)
     lines = [r.getMessage() for r in caplog.records if "discarding returned" in r.getMessage()]
     assert len(lines) == 2, lines
-    assert f"pid {pid}: broken (the server ended the session" in lines[0]
+    assert f"pid {pid}: lost (the server ended the session or the network failed)" in lines[0]
     assert "closed by its holder" in lines[1]

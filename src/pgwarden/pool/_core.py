@@ -1084,12 +1084,14 @@ def return_verdict(conn: Any, status: int) -> str | None:
     """Reset-on-return rule for a connection not idle: ``"rollback"`` when it is inside a
     transaction (rolled back with a warning naming the holder, as psycopg_pool does), else the
     reason to discard it (broken, or returned while a query runs, e.g. a cancelled task)."""
-    if getattr(conn, "broken", False):  # closed by an error, not by close() (psycopg)
-        return "broken (the server ended the session or the connection was lost)"
+    if getattr(conn, "broken", False):
+        # psycopg closed it after an error (its holder saw that error); not a "broken"
+        # verdict, which would make the pool validate its other idle connections
+        return "lost (the server ended the session or the network failed)"
     if conn.closed:
         return "closed by its holder"
     if status == TS.UNKNOWN:
-        return "broken (the server ended the session or the connection was lost)"
+        return "broken (connection lost)"
     if status == TS.ACTIVE:
         return "returned while a query was running"
     return "rollback"
