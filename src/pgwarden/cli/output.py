@@ -25,10 +25,22 @@ __all__ = ["console", "discard_stdout", "emit_json", "report", "stdout_discarded
 _discarded = [False]
 
 
+#: Width of a rule (a section line) off a terminal: the console there is as wide as its
+#: widest table, and a rule would fill all of it.
+PIPE_RULE_WIDTH = 100
+
+
 class _Console(Console):
     def on_broken_pipe(self) -> None:
         # rich's default exits 1; the command's own exit code must survive a reader going away
         discard_stdout()
+
+    def rule(self, title: Any = "", *, characters: str = "─", style: Any = "rule.line",
+             align: Any = "center") -> None:
+        from rich.rule import Rule
+
+        self.print(Rule(title=title, characters=characters, style=style, align=align),
+                   width=None if self.is_terminal else min(self.width, PIPE_RULE_WIDTH))
 
 
 #: Columns of a console that is not a terminal (and ``COLUMNS`` unset): wide enough that no
