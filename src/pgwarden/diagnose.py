@@ -781,7 +781,9 @@ def classify(exc: BaseException, *, connecting: bool = False) -> Failure:
     Args:
         exc: any exception (usually a ``psycopg.Error``).
         connecting: ``exc`` came from a connection attempt. An unmatched failure, or a
-            connection closed during the startup, then counts as ``unreachable``; after
+            connection closed during the startup, then counts as ``unreachable``, except an
+            exception neither psycopg's nor the network's (code run on the new connection,
+            such as a pool's ``configure``, failed): ``client``; after
             connecting, an unmatched ``psycopg.OperationalError``
             counts as ``session_ended`` (the server or the network dropped the session) and any
             other unmatched exception as ``query``.
@@ -799,7 +801,9 @@ def classify(exc: BaseException, *, connecting: bool = False) -> Failure:
         if connecting and kind == "session_ended":
             kind = "unreachable"  # closed during the startup: nobody is there to talk to
     elif connecting:
-        kind = "unreachable"
+        import psycopg
+
+        kind = "unreachable" if isinstance(exc, (psycopg.Error, OSError)) else "client"
     else:
         import psycopg  # psycopg is a dependency; imported here to keep this module light
 

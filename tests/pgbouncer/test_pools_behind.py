@@ -105,6 +105,43 @@ async def test_async_pool_detects_pgbouncer(cluster: EmbeddedPostgres,
             assert conn.prepare_threshold is None
 
 
+@pytest.mark.parametrize("kind", ["sync", "async", "psycopg_pool"])
+def test_detection_behind_pgbouncer_reads_tuples_whatever_the_row_factory(
+        cluster: EmbeddedPostgres, make_bouncer: Callable[..., Any], kind: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    from psycopg.rows import dict_row
+
+    bouncer = _bouncer(make_bouncer, cluster)
+    caplog.set_level(logging.INFO)
+    kwargs = {"row_factory": dict_row}
+    if kind == "sync":
+        with ConnectionPool(bouncer.conninfo(), min_size=1, max_size=2, kwargs=kwargs,
+                            timeout=10) as pool, pool.connection() as conn:
+            assert conn.execute("select 1 as x").fetchone() == {"x": 1}
+            assert conn.prepare_threshold is None  # detected
+    elif kind == "async":
+        async def run() -> None:
+            async with AsyncConnectionPool(bouncer.conninfo(), min_size=1, max_size=2,
+                                           kwargs=kwargs, timeout=10) as pool, \
+                    pool.connection() as conn:
+                assert await (await conn.execute("select 1 as x")).fetchone() == {"x": 1}
+                assert conn.prepare_threshold is None
+        asyncio.run(run())
+    else:
+        import psycopg_pool
+
+        import pgwarden
+
+        with psycopg_pool.ConnectionPool(bouncer.conninfo(), min_size=0, max_size=2,
+                                         kwargs=kwargs, open=True, timeout=10) as pool:
+            handle = pgwarden.instrument(pool)
+            with pool.connection() as conn:
+                assert conn.execute("select 1 as x").fetchone() == {"x": 1}
+            assert handle.pooler is not None and handle.pooler.kind != "direct"
+            handle.remove()
+    assert "KeyError" not in caplog.text and "attempt failed" not in caplog.text
+
+
 def test_a_direct_server_keeps_prepared_statements(cluster: EmbeddedPostgres) -> None:
     with ConnectionPool(cluster.dsn, min_size=1, max_size=1) as pool, \
             pool.connection() as conn:

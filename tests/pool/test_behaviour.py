@@ -543,3 +543,38 @@ async def test_a_returned_connection_says_why_it_is_discarded(
     assert len(lines) == 2, lines
     assert f"pid {pid}: lost (the server ended the session or the network failed)" in lines[0]
     assert "closed by its holder" in lines[1]
+
+
+async def test_the_applications_row_factory_is_the_applications(
+        kind: str, pg: EmbeddedPostgres) -> None:
+    """kwargs={"row_factory": dict_row} is common; the pool's own queries (its first
+    connection's pooler detection, the backend pid) must not read rows through it."""
+    from psycopg.rows import dict_row
+
+    async with make_pool(kind, pg.dsn, min_size=2, name="rows",
+                         kwargs={"row_factory": dict_row}) as p:
+        await p.wait(10)
+        async with p.connection() as conn:
+            assert await p.execute(conn, "select 1 as x") == [{"x": 1}]
+        assert p.stats()["connections_errors"] == 0
+
+
+async def test_code_that_fails_on_each_new_connection_is_not_an_unreachable_server(
+        kind: str, pg: EmbeddedPostgres, caplog: pytest.LogCaptureFixture) -> None:
+    def broken(conn: Any) -> None:
+        raise KeyError(0)
+
+    async def abroken(conn: Any) -> None:
+        raise KeyError(0)
+
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    async with make_pool(kind, pg.dsn, min_size=1, name="cfg",
+                         configure=broken if kind == "sync" else abroken) as p:
+        with pytest.raises(PoolTimeout) as info:
+            await p.getconn(1.5)
+        msg = str(info.value)
+        assert "cannot open connections: the server accepts them, then code run on each " \
+            "new one fails" in msg and "last: KeyError: 0" in msg
+        assert "cannot reach the server" not in msg
+        assert p.stats()["connections_errors"] <= 3  # retried slowly, not every 10-40 ms
+    assert any(r.exc_info and "KeyError" in r.getMessage() for r in caplog.records)

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg.rows import tuple_row
 
 from .drivers import DriverAdvice, advice
 from .version import Version, parse_version
@@ -236,14 +237,16 @@ def _server_pid_sql() -> bytes:
 
 def detect_psycopg(conn: Any) -> Pooler:
     """Detect on a psycopg 3 ``Connection`` that nobody else uses (it is left idle, its
-    ``prepare_threshold`` and ``prepared_max`` as they were).
+    ``prepare_threshold`` and ``prepared_max`` as they were). Its queries read tuples,
+    whatever ``row_factory`` the application gave the connection.
 
     Raises:
         psycopg.Error: the connection failed (the caller decides what that means).
     """
     key = conn.info.backend_pid
+    cur = conn.cursor(row_factory=tuple_row)
     with conn.transaction():
-        row = conn.execute(_server_pid_sql(), prepare=False).fetchone()
+        row = cur.execute(_server_pid_sql(), prepare=False).fetchone()
     server = row[0] if row else None
     direct = from_pids(key, server)
     if direct is not None:
@@ -257,7 +260,7 @@ def detect_psycopg(conn: Any) -> Pooler:
         # session (a protocol Close with libpq 17+, SQL DEALLOCATE before)
         conn.prepared_max = 0
         with conn.transaction():
-            names = [r[0] for r in conn.execute(names_probe(), prepare=True).fetchall()]
+            names = [r[0] for r in cur.execute(names_probe(), prepare=True).fetchall()]
             # (a savepoint: SQL DEALLOCATE of a statement PgBouncer renamed fails)
             with contextlib.suppress(psycopg.Error), conn.transaction():
                 conn.execute(b"select 1", prepare=False)
@@ -269,8 +272,10 @@ def detect_psycopg(conn: Any) -> Pooler:
 async def adetect_psycopg(conn: Any) -> Pooler:
     """:func:`detect_psycopg` for a psycopg 3 ``AsyncConnection``."""
     key = conn.info.backend_pid
+    cur = conn.cursor(row_factory=tuple_row)
     async with conn.transaction():
-        row = await (await conn.execute(_server_pid_sql(), prepare=False)).fetchone()
+        await cur.execute(_server_pid_sql(), prepare=False)
+        row = await cur.fetchone()
     server = row[0] if row else None
     direct = from_pids(key, server)
     if direct is not None:
@@ -281,7 +286,7 @@ async def adetect_psycopg(conn: Any) -> Pooler:
     try:
         conn.prepared_max = 0
         async with conn.transaction():
-            cur = await conn.execute(names_probe(), prepare=True)
+            await cur.execute(names_probe(), prepare=True)
             names = [r[0] for r in await cur.fetchall()]
             with contextlib.suppress(psycopg.Error):
                 async with conn.transaction():

@@ -284,8 +284,12 @@ def log_replayed(pool_name: str, old: Slot, new: Slot, why: str) -> None:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:300] or type(exc).__name__
+    text = " ".join(str(exc).split())[:300]
+    if isinstance(exc, psycopg.Error):
+        return text or type(exc).__name__
+    # not the server's or libpq's: code that ran on the new connection (``configure``,
+    # ``reset``...) failed; its type says more than its text (a KeyError's "0")
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _check_seconds(name: str, value: float | None, *, allow_none: bool = False,
@@ -565,7 +569,7 @@ class Core:
         kind = self.failure_kind
         if kind == "server_full":
             d = FULL_RETRY * random.uniform(0.75, 1.25)
-        elif kind in ("rejected", "invalid"):
+        elif kind in ("rejected", "invalid", "client"):
             d = min(REJECTED_RETRY_MAX, REJECTED_RETRY * 2 ** min(self.failures - 1, 10))
             d *= random.uniform(0.75, 1.25)
         elif self.waiters:
@@ -600,6 +604,12 @@ class Core:
                     "pool %r: the server rejects the connection (%s to %s); retrying every "
                     "%g s or more, not faster: fix the credentials or the DSN", name,
                     self.last_error, self.target(), REJECTED_RETRY)
+            elif kind == "client":
+                logger.warning(
+                    "pool %r: a new connection was opened, then code run on it failed (%s; "
+                    "configure=, a connection_class or pgwarden itself: traceback below); "
+                    "retrying every %g s or more", name, self.last_error, REJECTED_RETRY,
+                    exc_info=exc)
             else:
                 logger.warning("pool %r: connection attempt failed (%s to %s); retrying",
                                name, self.last_error, self.target())
@@ -891,6 +901,10 @@ class Core:
         elif kind in ("rejected", "invalid"):
             what = (f"pool {cfg.name!r} cannot connect: the server rejects it ({counts}): "
                     f"{attempts}; fix the credentials or the DSN")
+        elif kind == "client":
+            what = (f"pool {cfg.name!r} cannot open connections: the server accepts them, "
+                    f"then code run on each new one fails ({counts}): {attempts}; the "
+                    "traceback is in the pgwarden.pool log")
         elif kind is not None:
             what = f"pool {cfg.name!r} cannot reach the server ({counts}): {attempts}"
         elif no_answer:

@@ -28,6 +28,7 @@ from typing import Any, Generic, TypeVar, cast
 
 import psycopg
 from psycopg import AsyncConnection
+from psycopg.rows import tuple_row
 
 from ...errors import PoolClosed, PoolError, TooManyRequests
 from ...observe import DEFAULT_LEAK_THRESHOLD, STACK_DEPTH, Holder
@@ -798,8 +799,10 @@ class AsyncConnectionPool(_core.PoolProperties, Generic[ACT]):
 
     @staticmethod
     async def _server_pid(conn: Any) -> Any:
+        # a tuple cursor: the connection's row_factory is the application's (kwargs)
         async with conn.transaction():
-            cur = await conn.execute(b"select pg_backend_pid()", prepare=False)
+            cur = conn.cursor(row_factory=tuple_row)
+            await cur.execute(b"select pg_backend_pid()", prepare=False)
             row = await cur.fetchone()
         return row[0] if row else None
 

@@ -30,6 +30,7 @@ from typing import Any, Generic, TypeVar, cast
 
 import psycopg
 from psycopg import Connection
+from psycopg.rows import tuple_row
 
 from ...errors import PoolClosed, PoolError, TooManyRequests
 from ...observe import DEFAULT_LEAK_THRESHOLD, STACK_DEPTH, Holder
@@ -800,8 +801,10 @@ class ConnectionPool(_core.PoolProperties, Generic[CT]):
 
     @staticmethod
     def _server_pid(conn: Any) -> Any:
+        # a tuple cursor: the connection's row_factory is the application's (kwargs)
         with conn.transaction():
-            cur = conn.execute(b"select pg_backend_pid()", prepare=False)
+            cur = conn.cursor(row_factory=tuple_row)
+            cur.execute(b"select pg_backend_pid()", prepare=False)
             row = cur.fetchone()
         return row[0] if row else None
 
