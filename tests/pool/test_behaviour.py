@@ -545,18 +545,33 @@ async def test_a_returned_connection_says_why_it_is_discarded(
     assert "closed by its holder" in lines[1]
 
 
-async def test_the_applications_row_factory_is_the_applications(
-        kind: str, pg: EmbeddedPostgres) -> None:
-    """kwargs={"row_factory": dict_row} is common; the pool's own queries (its first
-    connection's pooler detection, the backend pid) must not read rows through it."""
-    from psycopg.rows import dict_row
+@pytest.mark.parametrize("setting", ["dict_row", "namedtuple_row", "client_cursor",
+                                     "raw_cursor", "autocommit", "prepare_always"])
+async def test_the_applications_connection_settings_are_the_applications(
+        kind: str, pg: EmbeddedPostgres, setting: str) -> None:
+    """Whatever the application's kwargs make of a connection (row_factory=dict_row is
+    common), the pool's own queries (its first connection's pooler detection, the backend
+    pid) work, and the application's statements get what it asked for."""
+    from psycopg.rows import dict_row, namedtuple_row
 
-    async with make_pool(kind, pg.dsn, min_size=2, name="rows",
-                         kwargs={"row_factory": dict_row}) as p:
+    sync = kind == "sync"
+    kwargs: dict[str, Any] = {
+        "dict_row": {"row_factory": dict_row},
+        "namedtuple_row": {"row_factory": namedtuple_row},
+        "client_cursor": {"cursor_factory": psycopg.ClientCursor if sync
+                          else psycopg.AsyncClientCursor},
+        "raw_cursor": {"cursor_factory": psycopg.RawCursor if sync else psycopg.AsyncRawCursor},
+        "autocommit": {"autocommit": True},
+        "prepare_always": {"prepare_threshold": 0},
+    }[setting]
+    async with make_pool(kind, pg.dsn, min_size=2, name=f"kw-{setting}", kwargs=kwargs) as p:
         await p.wait(10)
         async with p.connection() as conn:
-            assert await p.execute(conn, "select 1 as x") == [{"x": 1}]
+            [row] = await p.execute(conn, "select 1 as x")
         assert p.stats()["connections_errors"] == 0
+    assert row == ({"x": 1} if setting == "dict_row" else (1,))
+    if setting == "namedtuple_row":
+        assert row.x == 1
 
 
 async def test_code_that_fails_on_each_new_connection_is_not_an_unreachable_server(
