@@ -425,10 +425,24 @@ class Instrumentation:
     def _state_of(self, rec: TrackedConnection) -> str:
         return driver_state(self._driver_connection(rec))
 
-    def _adopt(self, rec: TrackedConnection) -> TrackedConnection:
-        """A connection opened before the pool was instrumented: track it without counting it
-        as opened."""
-        return self.tracker.adopt(rec)
+    def _begin_tracking(self, rec: TrackedConnection, elapsed: float | None
+                        ) -> TrackedConnection:
+        """Track a connection: opened now, in ``elapsed`` seconds, or (``None``) open before
+        the pool was instrumented, then not counted as opened."""
+        with self.lock:
+            if elapsed is None:
+                self.tracker.adopt(rec)
+            else:
+                self.tracker.connected(rec, elapsed)
+        return rec
+
+    def _failed(self, e: BaseException) -> None:
+        """A checkout failed other than by timing out: the caller no longer waits; an
+        ``Exception`` (not a cancellation) counts as an error."""
+        with self.lock:
+            self.tracker.requests_waiting -= 1
+            if isinstance(e, Exception):
+                self.tracker.failed()
 
     def _waited(self, seconds: float) -> None:
         """The checkout just recorded waited ``seconds`` (the slow path: under the lock)."""

@@ -110,12 +110,7 @@ class AsyncpgInstrumentation(Instrumentation):
 
         con_id = id(con)
         con.add_termination_listener(terminated)
-        with self.lock:
-            if elapsed is None:
-                self._adopt(rec)
-            else:
-                self.tracker.connected(rec, elapsed)
-        return rec
+        return self._begin_tracking(rec, elapsed)
 
     def _rec_of(self, con: Any) -> TrackedConnection:
         rec = self._recs.get(id(con))
@@ -143,12 +138,6 @@ class AsyncpgInstrumentation(Instrumentation):
                 f"{waited:.2f} s"))
             self.tracker.requests_waiting -= 1
         return err
-
-    def _failed(self, e: BaseException) -> None:
-        with self.lock:
-            self.tracker.requests_waiting -= 1
-            if isinstance(e, Exception):
-                self.tracker.failed()
 
     # -- dropped proxies -------------------------------------------------------------------
 

@@ -85,12 +85,7 @@ class Psycopg2Instrumentation(Instrumentation):
     def _record(self, conn: Any, elapsed: float | None) -> TrackedConnection:
         rec = TrackedConnection(backend_pid(conn), weakref.ref(conn))
         self._recs[id(conn)] = rec
-        with self.lock:
-            if elapsed is None:
-                self._adopt(rec)
-            else:
-                self.tracker.connected(rec, elapsed)
-        return rec
+        return self._begin_tracking(rec, elapsed)
 
     def _forget(self, conn: Any) -> None:
         rec = self._recs.pop(id(conn), None)

@@ -100,12 +100,7 @@ class PsycopgPoolInstrumentation(Instrumentation):
         rec = TrackedConnection(backend_pid(conn))
         rec.connection = weakref.ref(conn, self._collector(rec))
         setattr(conn, _REC, rec)
-        with self.lock:
-            if elapsed is None:
-                self._adopt(rec)
-            else:
-                self.tracker.connected(rec, elapsed)
-        return rec
+        return self._begin_tracking(rec, elapsed)
 
     def _collector(self, rec: TrackedConnection) -> Callable[[Any], None]:
         wself = weakref.ref(self)

@@ -155,11 +155,9 @@ class SQLAlchemyInstrumentation(Instrumentation):
     def _on_connect(self, dbapi_connection: Any, entry: Any) -> None:
         if self.engine is not None and self.engine.pool is not self._pool:
             self._new_pool(self.engine.pool)  # replaced without recreate(): wrap it now
-        rec = self._track(dbapi_connection, entry)
         started = getattr(entry, "last_connect_time", None)
         elapsed = max(0.0, time.time() - started) if started else 0.0
-        with self.lock:
-            self.tracker.connected(rec, elapsed)
+        self._begin_tracking(self._track(dbapi_connection, entry), elapsed)
         if self.driver and self.pooler is None:
             self._check_pooler(dbapi_connection)
 
@@ -217,8 +215,8 @@ class SQLAlchemyInstrumentation(Instrumentation):
 
     def _untracked(self, fairy: Any) -> TrackedConnection:
         """A checkout of a connection opened before the pool was instrumented."""
-        with self.lock:
-            return self._adopt(self._track(fairy.dbapi_connection, fairy._connection_record))
+        return self._begin_tracking(
+            self._track(fairy.dbapi_connection, fairy._connection_record), None)
 
     def _returned(self, rec: TrackedConnection) -> None:
         handle = rec.handle
@@ -251,12 +249,6 @@ class SQLAlchemyInstrumentation(Instrumentation):
             err = self._explained(ExplainedTimeoutError, e)
             self.tracker.requests_waiting -= 1
         return err
-
-    def _failed(self, e: BaseException) -> None:
-        with self.lock:
-            self.tracker.requests_waiting -= 1
-            if isinstance(e, Exception):
-                self.tracker.failed()
 
     def _new_pool(self, pool: Pool) -> None:
         """``engine.dispose()`` replaced the pool (``Pool.recreate()`` copied the listeners):
