@@ -21,6 +21,7 @@ import pytest
 from pgwarden.embedded import EmbeddedPostgres
 
 from .faultproxy import FaultProxy
+from .helpers import Clients
 
 
 @pytest.fixture(scope="session")
@@ -147,3 +148,11 @@ from hypothesis import settings as _hypothesis_settings  # noqa: E402
 _hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     _hypothesis_settings.load_profile("ci")
+
+
+@pytest.fixture
+def clients() -> Iterator[Clients]:
+    """Client connections a test opens (:class:`tests.helpers.Clients`), closed after it."""
+    c = Clients()
+    yield c
+    c.close()

@@ -1,12 +1,9 @@
-"""Shared by the integration tests: polling, line numbers, the server's view of the pids."""
+"""Shared by the integration tests: line numbers, the server's view of the pids (polling:
+:mod:`tests.helpers`)."""
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from pgwarden.embedded import EmbeddedPostgres
 
@@ -17,25 +14,6 @@ def line_of(path: str, marker: str) -> int:
         if marker in line and "line_of(" not in line:
             return n
     raise AssertionError(f"{marker!r} not in {path}")
-
-
-def eventually(pred: Callable[[], Any], timeout: float = 10.0) -> bool:
-    """Poll ``pred()`` until it is true or ``timeout`` seconds passed."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return bool(pred())
-
-
-async def aeventually(pred: Callable[[], Any], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        await asyncio.sleep(0.02)
-    return bool(pred())
 
 
 def server_pids(pg: EmbeddedPostgres) -> set[int]:

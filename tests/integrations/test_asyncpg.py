@@ -14,7 +14,8 @@ from pgwarden.embedded import EmbeddedPostgres
 from pgwarden.integrations.asyncpg import ExplainedAcquireTimeout
 from pgwarden.observe import trackers
 
-from .helpers import aeventually, line_of, server_pids
+from ..helpers import aeventually
+from .helpers import line_of, server_pids
 
 LOG = "pgwarden.pool"
 HERE = __file__

@@ -16,7 +16,8 @@ from pgwarden.embedded import EmbeddedPostgres
 from pgwarden.integrations.psycopg2 import ExplainedPoolError
 from pgwarden.observe import trackers
 
-from .helpers import eventually, line_of, server_pids
+from ..helpers import eventually
+from .helpers import line_of, server_pids
 
 LOG = "pgwarden.pool"
 HERE = __file__

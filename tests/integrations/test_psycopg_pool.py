@@ -17,7 +17,8 @@ from pgwarden.embedded import EmbeddedPostgres
 from pgwarden.integrations.psycopg_pool import ExplainedPoolTimeout
 from pgwarden.observe import trackers
 
-from .helpers import aeventually, eventually, line_of, server_pids
+from ..helpers import aeventually, eventually
+from .helpers import line_of, server_pids
 
 LOG = "pgwarden.pool"
 HERE = __file__

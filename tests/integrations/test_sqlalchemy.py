@@ -19,7 +19,8 @@ from pgwarden.embedded import EmbeddedPostgres
 from pgwarden.integrations.sqlalchemy import ExplainedTimeoutError
 from pgwarden.observe import trackers
 
-from .helpers import aeventually, eventually, line_of, server_pids, url
+from ..helpers import aeventually, eventually
+from .helpers import line_of, server_pids, url
 
 LOG = "pgwarden.pool"
 HERE = __file__

@@ -4,14 +4,11 @@ when it is back."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import psycopg
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -19,49 +16,8 @@ from pgwarden.conninfo import resolve
 from pgwarden.embedded import EmbeddedPostgres
 from pgwarden.metrics import BouncerScraper, ServerCollector
 
+from ..helpers import Clients
 from .helpers import parse, pgwarden, total, value
-
-
-class Clients:
-    """Client connections through PgBouncer, closed at the end of the test."""
-
-    def __init__(self) -> None:
-        self.conns: list[psycopg.Connection[Any]] = []
-        self.threads: list[threading.Thread] = []
-
-    def hold(self, dsn: str, n: int) -> None:
-        """``n`` clients inside a transaction: each holds a server connection."""
-        for _ in range(n):
-            c = psycopg.connect(dsn, prepare_threshold=None, autocommit=True)
-            c.execute("begin")
-            c.execute("select 1")
-            self.conns.append(c)
-
-    def wait(self, dsn: str, n: int) -> None:
-        """``n`` clients whose query waits for a server."""
-        def run() -> None:
-            with contextlib.suppress(psycopg.Error):
-                c = psycopg.connect(dsn, prepare_threshold=None, autocommit=True)
-                self.conns.append(c)
-                c.execute("select 1")
-        for _ in range(n):
-            t = threading.Thread(target=run, daemon=True)
-            t.start()
-            self.threads.append(t)
-
-    def close(self) -> None:
-        for c in self.conns:
-            with contextlib.suppress(Exception):
-                c.close()
-        for t in self.threads:
-            t.join(10)
-
-
-@pytest.fixture
-def clients() -> Iterator[Clients]:
-    c = Clients()
-    yield c
-    c.close()
 
 
 def _scraper(bouncer: Any) -> BouncerScraper:
@@ -90,8 +46,8 @@ def test_waiting_clients_and_an_exhausted_pool(make_cluster: Callable[..., Embed
     s = _scraper(bouncer)
     dsn = bouncer.conninfo()
     pool = {"database": "postgres", "user": pg.user, "pool_mode": "transaction"}
-    clients.hold(dsn, 2)  # both server connections of the pool held
-    clients.wait(dsn, 3)
+    clients.open(dsn, 2, in_transaction=True)  # both server connections of the pool held
+    clients.wait_in_background(dsn, 3)
     _until(lambda: value(_scrape(s), "pgwarden_pgbouncer_pool_clients", state="waiting",
                          **pool) == 3)
     time.sleep(0.3)

@@ -30,7 +30,8 @@ from pgwarden.metrics import (
 from pgwarden.metrics.pools import PoolCollector, PoolNames
 from pgwarden.observe import TrackedConnection, Tracker
 
-from ..pool.both import eventually, kind, make_pool
+from ..helpers import aeventually
+from ..pool.both import kind, make_pool
 from .helpers import (
     Values,
     http_get,
@@ -85,10 +86,10 @@ async def test_metrics_move_as_the_pool_checks_out_waits_leaks_and_times_out(
         assert m("pgwarden_pool_wait_seconds_bucket", le="0.0001") == 1  # ~0 s: first bucket
 
         waiter = asyncio.ensure_future(p.getconn(30.0))  # the pool is empty: it waits
-        assert await eventually(lambda: m("pgwarden_pool_requests_waiting") == 1)
+        assert await aeventually(lambda: m("pgwarden_pool_requests_waiting") == 1)
 
         # held past leak_threshold: reported as a leak, and still held
-        assert await eventually(lambda: m("pgwarden_pool_leaks_total") == 1)
+        assert await aeventually(lambda: m("pgwarden_pool_leaks_total") == 1)
         assert m("pgwarden_pool_leaks_current") == 1
         assert m("pgwarden_pool_holders_max_held_seconds") > 0.3
 

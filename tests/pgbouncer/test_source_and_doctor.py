@@ -3,10 +3,8 @@ PgBouncer in front of a real PostgreSQL."""
 
 from __future__ import annotations
 
-import contextlib
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -15,56 +13,9 @@ import pytest
 from pgwarden.diagnose import classify
 from pgwarden.embedded import EmbeddedPostgres
 
-from ..helpers import run_cli
+from ..helpers import Clients, eventually, run_cli
 
 APP_PW = "app-pw-123"
-
-
-class Clients:
-    """Real client connections through PgBouncer, closed at the end of the test."""
-
-    def __init__(self) -> None:
-        self.conns: list[psycopg.Connection[Any]] = []
-        self.threads: list[threading.Thread] = []
-
-    def open(self, dsn: str, n: int, *, in_transaction: bool = False,
-             **kw: Any) -> list[psycopg.Connection[Any]]:
-        out = []
-        for _ in range(n):
-            c = psycopg.connect(dsn, prepare_threshold=None, autocommit=True, **kw)
-            if in_transaction:
-                c.execute("begin")
-                c.execute("select txid_current()")
-            self.conns.append(c)
-            out.append(c)
-        return out
-
-    def wait_in_background(self, dsn: str, n: int) -> None:
-        """``n`` clients whose first query waits for a server."""
-        def run() -> None:
-            with contextlib.suppress(psycopg.Error):
-                c = psycopg.connect(dsn, prepare_threshold=None, autocommit=True,
-                                    application_name="waiter")
-                self.conns.append(c)
-                c.execute("select 1")
-        for _ in range(n):
-            t = threading.Thread(target=run, daemon=True)
-            t.start()
-            self.threads.append(t)
-
-    def close(self) -> None:
-        for c in self.conns:
-            with contextlib.suppress(Exception):
-                c.close()
-        for t in self.threads:
-            t.join(timeout=10)
-
-
-@pytest.fixture
-def clients() -> Iterator[Clients]:
-    c = Clients()
-    yield c
-    c.close()
 
 
 @pytest.fixture
@@ -91,12 +42,6 @@ def _finding(data: dict[str, Any], fid: str) -> dict[str, Any]:
     return found[0]
 
 
-def _wait_for(cond: Callable[[], bool], seconds: float = 10) -> None:
-    end = time.monotonic() + seconds
-    while not cond() and time.monotonic() < end:
-        time.sleep(0.05)
-
-
 def test_waiting_clients_and_exhausted_pool(pg: EmbeddedPostgres, clients: Clients,
                                            make_bouncer: Callable[..., Any],
                                            capsys: pytest.CaptureFixture[str]) -> None:
@@ -104,7 +49,7 @@ def test_waiting_clients_and_exhausted_pool(pg: EmbeddedPostgres, clients: Clien
     dsn = b.conninfo(application_name="holder")
     clients.open(dsn, 2, in_transaction=True)  # both servers held
     clients.wait_in_background(dsn, 2)
-    _wait_for(lambda: any(p["cl_waiting"] >= 2 for p in b.admin("SHOW POOLS")))
+    eventually(lambda: any(p["cl_waiting"] >= 2 for p in b.admin("SHOW POOLS")))
     time.sleep(0.4)
     r = _doctor(capsys, b, pg)
     assert r.code == 1, r
@@ -122,7 +67,7 @@ def test_max_db_connections_reached(pg: EmbeddedPostgres, clients: Clients,
     b = make_bouncer(pg, settings={"default_pool_size": 5, "max_db_connections": 2})
     clients.open(b.conninfo(), 2, in_transaction=True)
     clients.wait_in_background(b.conninfo(), 1)
-    _wait_for(lambda: any(p["cl_waiting"] for p in b.admin("SHOW POOLS")))
+    eventually(lambda: any(p["cl_waiting"] for p in b.admin("SHOW POOLS")))
     f = _finding(_doctor(capsys, b, None).json(), "pgbouncer_max_db_connections")
     assert f["evidence"]["max_db_connections"] == 2 and f["evidence"]["current_connections"] == 2
 

@@ -127,14 +127,3 @@ def kind(request: pytest.FixtureRequest) -> str:
 def make_pool(kind: str, conninfo: str, **options: Any) -> Pool:
     """A closed :class:`Pool` (``open=False``); ``async with`` opens and closes it."""
     return Pool(kind, conninfo, open=False, **options)
-
-
-async def eventually(pred: Any, timeout: float = 15.0) -> bool:
-    """Poll ``pred()`` until it is true or ``timeout`` seconds passed."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        if pred():
-            return True
-        await asyncio.sleep(0.05)
-    return bool(pred())

@@ -14,16 +14,9 @@ import pytest
 from pgwarden.errors import PoolTimeout
 from pgwarden.pool import AsyncConnectionPool, PoolCheckoutTimeout
 
+from ..helpers import aeventually
+
 LOGGER = "pgwarden.pool"
-
-
-async def wait_until(pred: Any, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        await asyncio.sleep(0.02)
-    return bool(pred())
 
 
 async def backend_pid(conn: psycopg.AsyncConnection[Any]) -> int:
@@ -154,7 +147,7 @@ async def test_async_stress(pg: Any) -> None:
         await asyncio.gather(*(worker(i) for i in range(12)), canceller(), killer())
         assert problems == []
         assert max(sizes) <= max_size
-        assert await wait_until(lambda: pool.get_stats()["holders_num"] == 0, 5)
+        assert await aeventually(lambda: pool.get_stats()["holders_num"] == 0, 5)
         conns = [await pool.getconn(timeout=10) for _ in range(max_size)]
         assert len({c.info.backend_pid for c in conns}) == max_size
         for c in conns:

@@ -21,7 +21,8 @@ from pgwarden.errors import ConfigError, PoolClosed, PoolTimeout, TooManyRequest
 from pgwarden.observe import Holder, trackers
 from pgwarden.pool import AsyncConnectionPool, ConnectionPool, PoolCheckoutTimeout
 
-from .both import Pool, eventually, kind, make_pool
+from ..helpers import aeventually
+from .both import Pool, kind, make_pool
 
 __all__ = ["kind"]  # the fixture, re-exported for pytest
 
@@ -142,7 +143,7 @@ async def test_killed_mid_query_one_error_and_never_reused(kind: str,
         await p.execute(conn, "select 1")  # not the first statement: never replayed
         await p.commit(conn)
         sleeper = asyncio.create_task(p.execute(conn, "select pg_sleep(30)"))
-        await eventually(lambda: bool(pg.execute(
+        await aeventually(lambda: bool(pg.execute(
             "select 1 from pg_stat_activity where pid = %s and state = 'active'", (pid,))))
         pg.execute("select pg_terminate_backend(%s)", (pid,))
         # one session ended while the server stays up: somebody meant to stop that statement
@@ -203,7 +204,7 @@ async def test_server_down_longer_than_timeout_says_unreachable_and_retries_in_r
         # reconnect_timeout of failures, and a new round of attempts starts (psycopg #370)
         assert gave_up and all(x is p.pool for x in gave_up)
         before = len(gave_up)
-        assert await eventually(lambda: len(gave_up) > before, 5.0)
+        assert await aeventually(lambda: len(gave_up) > before, 5.0)
         await asyncio.to_thread(cluster.start)
         async with p.connection(10.0) as conn:  # it came back by itself
             assert await p.execute(conn, "select 1") == [(1,)]
@@ -216,8 +217,8 @@ async def test_leak_warning_names_the_stack_then_unleaked(
                          leak_threshold=0.2) as p:
         conn = await hold(p)
         await p.execute(conn, "select 1")  # now idle in transaction
-        assert await eventually(lambda: p.stats()["leaks_detected"] == 1)
-        assert await eventually(lambda: "connection leak?" in caplog.text)
+        assert await aeventually(lambda: p.stats()["leaks_detected"] == 1)
+        assert await aeventually(lambda: "connection leak?" in caplog.text)
         warn = [r for r in caplog.records if "connection leak?" in r.getMessage()]
         assert warn[0].levelno == logging.WARNING
         text = warn[0].getMessage()
@@ -293,7 +294,7 @@ async def test_max_waiting(kind: str, pg: EmbeddedPostgres) -> None:
                          name="mw") as p:
         conn = await p.getconn()
         waiting = asyncio.create_task(p.getconn(5.0))
-        assert await eventually(lambda: p.stats()["requests_waiting"] == 1)
+        assert await aeventually(lambda: p.stats()["requests_waiting"] == 1)
         with pytest.raises(TooManyRequests, match="max_waiting=1"):
             await p.getconn(5.0)
         await p.putconn(conn)
@@ -511,7 +512,7 @@ async def test_requests_queued_counts_callers_as_they_start_waiting(
     async with make_pool(kind, pg.dsn, min_size=1, max_size=1, name="queued") as p:
         conn = await p.getconn()
         waiting = asyncio.create_task(p.getconn(5.0))
-        assert await eventually(lambda: p.stats()["requests_queued"] == 1)
+        assert await aeventually(lambda: p.stats()["requests_queued"] == 1)
         await p.putconn(conn)
         await p.putconn(await waiting)
 

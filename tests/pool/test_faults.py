@@ -15,7 +15,8 @@ from pgwarden.pool import ConnectionPool, PoolCheckoutTimeout
 
 from ..conftest import Sessions
 from ..faultproxy import FaultProxy
-from .both import eventually, kind, make_pool
+from ..helpers import aeventually
+from .both import kind, make_pool
 
 __all__ = ["kind"]  # the fixture, re-exported for pytest
 
@@ -119,7 +120,7 @@ async def test_a_delayed_network_still_serves(kind: str, pg: EmbeddedPostgres,
         conn = await pool.getconn(10.0)
         assert await pool.execute(conn, "select 41 + 1") == [(42,)]
         await pool.putconn(conn)
-        assert await eventually(lambda: pool.stats()["connections_errors"] == 0, 0.1)
+        assert await aeventually(lambda: pool.stats()["connections_errors"] == 0, 0.1)
 
 
 @pytest.mark.parametrize("bad", [

@@ -15,16 +15,9 @@ import pytest
 from pgwarden.errors import ConfigError, PoolTimeout
 from pgwarden.pool import ConnectionPool
 
+from ..helpers import eventually
+
 LOGGER = "pgwarden.pool"
-
-
-def wait_until(pred: Any, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return bool(pred())
 
 
 def backend_pid(conn: psycopg.Connection[Any]) -> int:
@@ -139,7 +132,7 @@ def test_concurrency_stress(pg: Any) -> None:
     assert max(sizes) <= max_size
     assert errors["timeout"] > 0  # the short timeouts did fire
     # settle: every connection came back, nothing lost
-    assert wait_until(lambda: pool.get_stats()["holders_num"] == 0, 5)
+    assert eventually(lambda: pool.get_stats()["holders_num"] == 0, 5)
     st = pool.get_stats()
     assert st["pool_size"] <= max_size
     conns = [pool.getconn(timeout=10) for _ in range(max_size)]

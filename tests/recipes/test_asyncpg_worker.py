@@ -10,7 +10,7 @@ import asyncpg_worker
 from pgwarden.embedded import EmbeddedPostgres
 from pgwarden.integrations import instrumentation_of
 
-from ..integrations.helpers import aeventually
+from ..helpers import aeventually
 
 
 async def test_one_instrumented_pool_per_process(pg: EmbeddedPostgres) -> None:
