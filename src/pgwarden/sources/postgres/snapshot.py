@@ -94,7 +94,7 @@ _BLOCKING = _SESSION_FIELDS.index("blocking_pids")
 
 
 def _session_row(cursor: psycopg.Cursor[Any]) -> Callable[[Sequence[Any]], Session]:
-    """Row factory for ``get_activity`` and ``get_activity_of_pids``: rows bind to
+    """Row factory for ``get_activity``: rows bind to
     :class:`Session` fields by column name.
 
     The column of each field is looked up by name once per result (a missing column is a
@@ -136,7 +136,8 @@ def take(conn: psycopg.Connection[Any], *, query_chars: int = 200) -> Snapshot:
     # binary: timestamps and floats cost the server a third less to send than as text
     cur = conn.cursor(row_factory=_session_row, binary=True)
     sessions = tuple(
-        cur.execute(_q("get_activity", version), {"query_chars": query_chars}).fetchall()
+        cur.execute(_q("get_activity", version),
+                    {"pids": None, "query_chars": query_chars}).fetchall()
     )
     return Snapshot(
         taken_at=taken_at,
@@ -190,11 +191,11 @@ def _read_summary(conn: psycopg.Connection[Any], notable: Notable
 
 def _read_sessions(conn: psycopg.Connection[Any], pids: Sequence[int], query_chars: int
                    ) -> list[Session]:
-    """``get_activity_of_pids``: the sessions with these pids, in pid order."""
+    """``get_activity`` of these pids: their sessions, in pid order."""
     if not pids:
         return []
     cur = conn.cursor(row_factory=_session_row, binary=True)
-    return cur.execute(_q("get_activity_of_pids", conn.info.server_version),
+    return cur.execute(_q("get_activity", conn.info.server_version),
                        {"pids": list(pids), "query_chars": query_chars}).fetchall()
 
 
