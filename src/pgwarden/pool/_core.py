@@ -199,20 +199,9 @@ def uptime_probe(pgconn: Any) -> Generator[int, None, float]:
     """
     if pgconn.status != CONN_OK:
         raise ProbeFailed("connection is closed")
-    pgconn.send_query(UPTIME_QUERY)
-    while pgconn.flush():
-        yield WAIT_W
-    while True:
-        pgconn.consume_input()
-        if not pgconn.is_busy():
-            break
-        yield WAIT_R
     value: float | None = None
     error = ""
-    while True:
-        res = pgconn.get_result()
-        if res is None:
-            break
+    for res in (yield from _round_trip(pgconn, UPTIME_QUERY)):
         if res.status == pq.ExecStatus.TUPLES_OK and res.ntuples == 1:
             raw = res.get_value(0, 0)
             value = float(raw) if raw is not None else None
@@ -1065,14 +1054,10 @@ class ProbeFailed(Exception):
     """The connection did not answer a validation round trip."""
 
 
-def probe(pgconn: Any) -> Generator[int, None, None]:
-    """Send an empty query and read its answer; yields WAIT_R/WAIT_W when the socket must be
-    waited on. Raises ProbeFailed (or psycopg.OperationalError) if the connection is dead."""
-    if pgconn.status != CONN_OK:
-        raise ProbeFailed("connection is closed")
-    if pgconn.transaction_status != TS.IDLE:
-        raise ProbeFailed("connection is not idle")
-    pgconn.send_query(b"")
+def _round_trip(pgconn: Any, query: bytes) -> Generator[int, None, list[Any]]:
+    """Send ``query`` (simple protocol) and read every result; yields WAIT_W / WAIT_R while
+    the socket must be waited on; returns the results (``PGresult``)."""
+    pgconn.send_query(query)
     while pgconn.flush():
         yield WAIT_W
     while True:
@@ -1080,11 +1065,21 @@ def probe(pgconn: Any) -> Generator[int, None, None]:
         if not pgconn.is_busy():
             break
         yield WAIT_R
+    results = []
+    while (res := pgconn.get_result()) is not None:
+        results.append(res)
+    return results
+
+
+def probe(pgconn: Any) -> Generator[int, None, None]:
+    """Send an empty query and read its answer; yields WAIT_R/WAIT_W when the socket must be
+    waited on. Raises ProbeFailed (or psycopg.OperationalError) if the connection is dead."""
+    if pgconn.status != CONN_OK:
+        raise ProbeFailed("connection is closed")
+    if pgconn.transaction_status != TS.IDLE:
+        raise ProbeFailed("connection is not idle")
     ok = False
-    while True:
-        res = pgconn.get_result()
-        if res is None:
-            break
+    for res in (yield from _round_trip(pgconn, b"")):
         if res.status == pq.ExecStatus.EMPTY_QUERY:
             ok = True
         else:
