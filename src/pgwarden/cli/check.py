@@ -25,6 +25,7 @@ from rich.markup import escape
 from ..conninfo import Target, connect, is_pgbouncer_console
 from ..diagnose import by_id
 from ..errors import ConnectError
+from ..pgbouncer.detect import SERVER_PID_QUERY, from_pids
 from ..sources import postgres
 from .boundary import EXIT
 from .options import connect_timeout_option, dsn_option, format_option, resolve_target
@@ -166,18 +167,16 @@ def _pooler(conn: Any, target: Target) -> str:
     session, so they differ; in transaction (or statement) mode the idle first one gave it
     back and the second gets the same one (PgBouncer reuses the last released server first).
     """
-    row = conn.execute(b"select pg_backend_pid()", prepare=False).fetchone()
+    row = conn.execute(SERVER_PID_QUERY, prepare=False).fetchone()
     real = row[0] if row else None
-    if real == conn.info.backend_pid:
+    if from_pids(conn.info.backend_pid, real) is not None:
         return ""
     conn.prepare_threshold = None
     mode = "pool mode not determined"
     with contextlib.suppress(Exception):
         with psycopg.connect(target.conninfo, autocommit=True, prepare_threshold=None) as other:
-            second = (other.execute(b"select pg_backend_pid()", prepare=False)
-                      .fetchone() or (None,))[0]
-        again = (conn.execute(b"select pg_backend_pid()", prepare=False).fetchone()
-                 or (None,))[0]
+            second = (other.execute(SERVER_PID_QUERY, prepare=False).fetchone() or (None,))[0]
+        again = (conn.execute(SERVER_PID_QUERY, prepare=False).fetchone() or (None,))[0]
         if second in (real, again):
             mode = "transaction (or statement) pool mode: two connections shared one server " \
                    "session; drivers must not rely on session state or prepared statements " \

@@ -51,6 +51,7 @@ __all__ = [
     "DIRECT",
     "DRIVER_PREFIXES",
     "POOL_MODES",
+    "SERVER_PID_QUERY",
     "Pooler",
     "adetect_asyncpg",
     "adetect_psycopg",
@@ -231,8 +232,8 @@ def from_names(names: Sequence[str] | None, driver: str, key_pid: int, server_pi
 # -- the probes (I/O), one per driver --------------------------------------------------------
 
 
-def _server_pid_sql() -> bytes:
-    return b"select pg_backend_pid()"
+#: The server session's pid, compared with the one libpq got (:func:`from_pids`).
+SERVER_PID_QUERY = b"select pg_backend_pid()"
 
 
 def detect_psycopg(conn: Any) -> Pooler:
@@ -246,7 +247,7 @@ def detect_psycopg(conn: Any) -> Pooler:
     key = conn.info.backend_pid
     cur = conn.cursor(row_factory=tuple_row)
     with conn.transaction():
-        row = cur.execute(_server_pid_sql(), prepare=False).fetchone()
+        row = cur.execute(SERVER_PID_QUERY, prepare=False).fetchone()
     server = row[0] if row else None
     direct = from_pids(key, server)
     if direct is not None:
@@ -274,7 +275,7 @@ async def adetect_psycopg(conn: Any) -> Pooler:
     key = conn.info.backend_pid
     cur = conn.cursor(row_factory=tuple_row)
     async with conn.transaction():
-        await cur.execute(_server_pid_sql(), prepare=False)
+        await cur.execute(SERVER_PID_QUERY, prepare=False)
         row = await cur.fetchone()
     server = row[0] if row else None
     direct = from_pids(key, server)

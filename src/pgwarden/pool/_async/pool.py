@@ -33,7 +33,7 @@ from psycopg.rows import tuple_row
 from ...errors import PoolClosed, PoolError, TooManyRequests
 from ...observe import DEFAULT_LEAK_THRESHOLD, STACK_DEPTH, Holder
 from ...observe.registry import unregister
-from ...pgbouncer.detect import Pooler, adetect_psycopg
+from ...pgbouncer.detect import SERVER_PID_QUERY, Pooler, adetect_psycopg
 from .. import _core
 from .. import connection as _connection
 from .._acompat import (
@@ -802,7 +802,7 @@ class AsyncConnectionPool(_core.PoolProperties, Generic[ACT]):
         # a tuple cursor: the connection's row_factory is the application's (kwargs)
         async with conn.transaction():
             cur = conn.cursor(row_factory=tuple_row)
-            await cur.execute(b"select pg_backend_pid()", prepare=False)
+            await cur.execute(SERVER_PID_QUERY, prepare=False)
             row = await cur.fetchone()
         return row[0] if row else None
 

@@ -35,7 +35,7 @@ from psycopg.rows import tuple_row
 from ...errors import PoolClosed, PoolError, TooManyRequests
 from ...observe import DEFAULT_LEAK_THRESHOLD, STACK_DEPTH, Holder
 from ...observe.registry import unregister
-from ...pgbouncer.detect import Pooler, detect_psycopg
+from ...pgbouncer.detect import SERVER_PID_QUERY, Pooler, detect_psycopg
 from .. import _core
 from .. import connection as _connection
 from .._acompat import (
@@ -804,7 +804,7 @@ class ConnectionPool(_core.PoolProperties, Generic[CT]):
         # a tuple cursor: the connection's row_factory is the application's (kwargs)
         with conn.transaction():
             cur = conn.cursor(row_factory=tuple_row)
-            cur.execute(b"select pg_backend_pid()", prepare=False)
+            cur.execute(SERVER_PID_QUERY, prepare=False)
             row = cur.fetchone()
         return row[0] if row else None
 
